@@ -1,0 +1,50 @@
+"""sparse_lightning: sparse training for PyTorch Lightning.
+
+Add one callback to a Trainer, e.g. ``Trainer(callbacks=[MagnitudePruning(0.9, at_epoch=5)])``,
+or run ``sparse-train`` with Hydra configs. Every config ``_target_`` points into this namespace.
+"""
+
+from sparse_lightning.callbacks import MagnitudePruning, MaskedPruningCallback, SparsityMonitor
+from sparse_lightning.criteria import magnitude_masks
+from sparse_lightning.data import CIFAR10DataModule, DigitsDataModule, MNIST1DDataModule, SyntheticDataModule
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.masks import (
+    apply_masks,
+    attach_masks,
+    attach_masks_from_state_dict,
+    get_masks,
+    mask_digest,
+    select_parameters,
+    set_masks,
+)
+from sparse_lightning.models import CNN1d, Classifier, GRUClassifier, LeNet5, MLP, ResNet20
+from sparse_lightning.stats import global_sparsity, layer_sparsity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CNN1d",
+    "Classifier",
+    "ConfigError",
+    "DigitsDataModule",
+    "GRUClassifier",
+    "LeNet5",
+    "MLP",
+    "MNIST1DDataModule",
+    "MagnitudePruning",
+    "MaskedPruningCallback",
+    "ResNet20",
+    "SparsityMonitor",
+    "SyntheticDataModule",
+    "apply_masks",
+    "attach_masks",
+    "attach_masks_from_state_dict",
+    "get_masks",
+    "global_sparsity",
+    "layer_sparsity",
+    "magnitude_masks",
+    "mask_digest",
+    "select_parameters",
+    "set_masks",
+]

@@ -1,0 +1,88 @@
+"""``sparse-train``: the Hydra app around :func:`sparse_lightning.train.train`.
+
+    sparse-train                                   # MNIST-1D, 1-D CNN, 80% magnitude pruning, CPU, wandb offline
+    sparse-train model=gru sparsity.target=0.9     # any override
+    sparse-train -m sparsity.target=0.8,0.9        # a sweep
+
+Before Hydra runs, the command line is composed once with Hydra's compose API and validated,
+so a wrong group option, key or value prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from sparse_lightning.config import first_line
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.resources import config_dir
+
+log = logging.getLogger("sparse_lightning")
+CONFIG_NAME = "train"
+EXIT_CONFIG = 2
+
+
+def fail(message: str) -> None:
+    print(f"sparse-train: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+def _overrides(argv: list[str]) -> list[str] | None:
+    """The plain overrides of a single run, or None when Hydra flags make a pre-check moot."""
+    if any(a.startswith("-") for a in argv):  # --multirun, --help, --cfg, -c ...: Hydra's business
+        return None
+    return [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate the config this command line asks for; raise ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sparse_lightning.config import validate
+
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose(CONFIG_NAME, overrides=overrides + ["output_dir=precheck"])
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_hydra_message(exc)) from None
+    validate(cfg)
+
+
+def _hydra_message(exc: BaseException) -> str:
+    text = str(exc)
+    if "Could not find" in text and "Available options" in text:
+        options = [line.strip() for line in text.split("Available options", 1)[1].splitlines()[1:] if line.strip()]
+        return f"{first_line(exc).removeprefix('In ').split(': ', 1)[-1]}; available: {', '.join(options)}"
+    if "not in struct" in text or "Key '" in text and "is not in" in text:
+        return f"{first_line(exc)} (unknown key; `+key=value` adds a new one)"
+    return first_line(exc)
+
+
+@hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAME, version_base="1.3")
+def _run(cfg: DictConfig) -> float | None:
+    from sparse_lightning.train import train
+
+    try:
+        metrics = train(cfg)
+    except (ConfigError, FloatingPointError) as exc:
+        fail(str(exc))
+    return metrics.get("test/acc")  # the objective Hydra sweepers optimize
+
+
+def main() -> None:
+    overrides = _overrides(sys.argv[1:])
+    if overrides is not None:
+        try:
+            precheck(overrides)
+        except ConfigError as exc:
+            fail(str(exc))
+    _run()
+
+
+if __name__ == "__main__":
+    main()
