@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sparse_lightning.errors import ConfigError
 
 # Arguments that train() passes itself; a config must not set them.
-INJECTED = {"net": ("input_shape", "num_classes"), "model": ("net",), "optimizer": ("params",), "scheduler": ("optimizer",)}
+INJECTED = {"net": ("input_shape", "num_classes"), "optimizer": ("params",), "scheduler": ("optimizer",)}
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -113,10 +113,11 @@ def check_node(path: str, node: dict[str, Any]) -> None:
 
 
 def _type_hints(target: Any) -> dict[str, Any]:
+    function = inspect.unwrap(target.__init__ if inspect.isclass(target) else target)
     try:
-        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:
-        return {}
+        return typing.get_type_hints(function)
+    except Exception:  # unresolvable forward references: judge only the plain annotations
+        return {k: v for k, v in getattr(function, "__annotations__", {}).items() if not isinstance(v, str)}
 
 
 def type_problem(value: Any, hint: Any) -> str | None:

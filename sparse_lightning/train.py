@@ -8,6 +8,7 @@ code. Every object is built and checked before ``trainer.fit``: a bad value fail
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +86,23 @@ def build(cfg: DictConfig) -> Run:
     return Run(datamodule, module, trainer, callbacks)
 
 
+def _finish_wandb() -> None:
+    """Close the wandb run, so its files are complete and a next job in this process gets its own run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and by default test) the run ``cfg`` describes; return the final metrics."""
     run = build(cfg)
+    try:
+        return _fit_and_test(run, cfg)
+    finally:
+        _finish_wandb()
+
+
+def _fit_and_test(run: Run, cfg: DictConfig) -> dict[str, float]:
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
     if cfg.get("test", True):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -38,3 +42,21 @@ class TinyNet(pl.LightningModule):
         x = torch.randn(256, 1, 12, generator=g)
         y = (x.sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 0] > 0).long()
         return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=g)
+
+
+N_PER_BATCH = 20  # images per fake CIFAR-10 pickle
+
+
+def write_fake_cifar10(root: Path, seed: int = 0) -> Path:
+    """Writes ``root/cifar-10-batches-py`` in the real pickle layout, N_PER_BATCH images per file."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(),
+                 b"labels": [int(v) for v in rng.integers(0, 10, N_PER_BATCH)],
+                 b"data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(N_PER_BATCH)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return folder

@@ -23,22 +23,7 @@ from sparse_lightning.data import (
 from sparse_lightning.data.cifar10 import MEAN, STD, random_crop_flip
 from sparse_lightning.errors import ConfigError
 
-N_PER_BATCH = 20  # images per fake CIFAR-10 pickle
-
-
-def write_fake_cifar10(root: Path, seed: int = 0) -> Path:
-    """Writes ``root/cifar-10-batches-py`` in the real pickle layout, N_PER_BATCH images per file."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(),
-                 b"labels": [int(v) for v in rng.integers(0, 10, N_PER_BATCH)],
-                 b"data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(N_PER_BATCH)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    return folder
+from helpers import N_PER_BATCH, write_fake_cifar10
 
 
 FACTORIES: dict[str, Callable[[Path], pl.LightningDataModule]] = {
