@@ -17,6 +17,7 @@ from sparse_lightning.masks import (
     select_parameters,
     set_masks,
 )
+from sparse_lightning.nn import PrunedDepthwiseConv2d, SparseConv2d, SparseLinear, convert
 from sparse_lightning.models import CNN1d, Classifier, GRUClassifier, LeNet5, MLP, ResNet20
 from sparse_lightning.stats import global_sparsity, layer_sparsity
 
@@ -34,12 +35,16 @@ __all__ = [
     "MNIST1DDataModule",
     "MagnitudePruning",
     "MaskedPruningCallback",
+    "PrunedDepthwiseConv2d",
     "ResNet20",
+    "SparseConv2d",
+    "SparseLinear",
     "SparsityMonitor",
     "SyntheticDataModule",
     "apply_masks",
     "attach_masks",
     "attach_masks_from_state_dict",
+    "convert",
     "get_masks",
     "global_sparsity",
     "layer_sparsity",

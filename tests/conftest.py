@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+# 2 cores shared by pytest and the subprocesses it starts: OpenMP threads would wait on each other.
+torch.set_num_threads(1)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,6 +1,6 @@
 """``sparse-train``: the Hydra app around :func:`sparse_lightning.train.train`.
 
-    sparse-train                                   # MNIST-1D, 1-D CNN, 80% magnitude pruning, CPU, wandb offline
+    sparse-train                                   # MNIST-1D, 1-D CNN, 90% magnitude pruning, CPU, wandb offline
     sparse-train model=gru sparsity.target=0.9     # any override
     sparse-train -m sparsity.target=0.8,0.9        # a sweep
 
