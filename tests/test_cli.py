@@ -18,7 +18,7 @@ TINY = ["trainer.max_epochs=2", "sparsity.at_epoch=1", "callbacks.progress=null"
 BAD = [
     (["model=foo"], "Could not find 'model/foo'; available: cnn1d, gru, lenet5, mlp, resnet20"),
     (["logger=nope"], "Could not find 'logger/nope'"),
-    (["sparsity.tagret=0.9"], "Could not override 'sparsity.tagret'"),
+    (["sparsity.tagret=0.9"], "Could not override 'sparsity.tagret'. It is not in the config"),
     (["+sparsity.tagret=0.9"], "sparsity.tagret: unknown key for sparse_lightning.MagnitudePruning"),
     (["sparsity.target=1.2"], "sparsity: target must be a number in [0, 1), got 1.2"),
     (["sparsity.at_epoch=-1"], "sparsity: at_epoch must be an integer >= 0, got -1"),
@@ -66,3 +66,31 @@ def test_wandb_offline_run_holds_sparsity_and_accuracy(tmp_path, monkeypatch, da
     test_acc = [row["test/acc"] for row in history if "test/acc" in row]
     assert len(test_acc) == 1 and 0.0 < test_acc[0] <= 1.0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_nan_loss_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sparse-train", *TINY, "logger=csv", "data=synthetic", "+data.noise=nan"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sparse-train: error: training loss is nan at step 0: lower the learning rate or check the data "
+                   "(the last checkpoint is kept)"]
+
+
+@pytest.mark.slow
+def test_ddp_trainer_config_runs_two_processes(tmp_path, data_cache):
+    """`trainer=ddp` through the real CLI: Lightning launches rank 1 as a second process (gloo)."""
+    exe = Path(sys.executable).with_name("sparse-train")
+    argv = [str(exe), "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2", "sparsity.at_epoch=1",
+            "data.num_samples=1000", "logger=csv", "callbacks.progress=null", f"hydra.run.dir={tmp_path}/run"]
+    out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout
+    import torch
+
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    masks = [v for k, v in state.items() if k.endswith("_mask")]
+    pruned = sum(int((~m).sum()) for m in masks)
+    assert pruned == round(0.9 * sum(m.numel() for m in masks))

@@ -58,8 +58,8 @@ def _hydra_message(exc: BaseException) -> str:
     if "Could not find" in text and "Available options" in text:
         options = [line.strip() for line in text.split("Available options", 1)[1].splitlines()[1:] if line.strip()]
         return f"{first_line(exc).removeprefix('In ').split(': ', 1)[-1]}; available: {', '.join(options)}"
-    if "not in struct" in text or "Key '" in text and "is not in" in text:
-        return f"{first_line(exc)} (unknown key; `+key=value` adds a new one)"
+    if text.startswith("Could not override"):
+        return f"{first_line(exc)} It is not in the config (check the spelling; `+key=value` adds a new key)."
     return first_line(exc)
 
 
