@@ -26,28 +26,7 @@
 //   the CTA's shared (32 channels x 32P pixels) tile; the tile is stored once, coalesced.
 //   Launch: grid (B * ceil(Hout*Wout / (32P)), ceil(C/32)), block 256.
 
-struct __align__(2) f16 {
-    unsigned short bits;
-};
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(f16 v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-    return f;
-}
-__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float load(const f16* p) {
-    f16 v;
-    v.bits = __ldg(reinterpret_cast<const unsigned short*>(p));
-    return to_float(v);
-}
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(f16* p, float v) {
-    unsigned short b;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(v));
-    p->bits = b;
-}
+#include "common.cuh"  // f16 storage type; loads return fp32, stores round to the element type
 
 constexpr unsigned kFull = 0xffffffffu;
 

@@ -27,28 +27,7 @@
 //         shared memory smem_pairs * 8 bytes (+ 8 * P * 32 * 4 bytes when rows_per_cta < 8);
 //         rows_per_cta is 1, 2, 4, 8 or 16.
 
-struct __align__(2) f16 {
-    unsigned short bits;
-};
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(f16 v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-    return f;
-}
-__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-__device__ __forceinline__ float load(const f16* p) {
-    f16 v;
-    v.bits = __ldg(reinterpret_cast<const unsigned short*>(p));
-    return to_float(v);
-}
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(f16* p, float v) {
-    unsigned short b;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(v));
-    p->bits = b;
-}
+#include "common.cuh"  // f16 storage type; loads return fp32, stores round to the element type
 
 // acc[p] += sum_k w_k * xg[off_k + pix[p]], the (offset, value) pairs read from shared memory.
 template <int P, typename T>

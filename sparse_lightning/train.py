@@ -49,7 +49,7 @@ def _build(key: str, node: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}: {type(cause).__name__}: {first_line(cause)}") from None
 
 
-def _check_optimization(module: pl.LightningModule, cfg: dict[str, Any]) -> None:
+def _check_optimization(module: pl.LightningModule) -> None:
     """Build optimizer and scheduler once on a dummy parameter, so bad values fail now."""
     dummy = [torch.nn.Parameter(torch.zeros(1))]
     try:
@@ -70,7 +70,7 @@ def build(cfg: DictConfig) -> Run:
     datamodule = _build("data", resolved.data)
     net = _build("model.net", resolved.model.net, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
     module = _build("model", resolved.model, net=net)
-    _check_optimization(module, resolved.model)
+    _check_optimization(module)
 
     callbacks = [_build(f"callbacks.{k}", v) for k, v in resolved.callbacks.items() if v]
     if resolved.sparsity:

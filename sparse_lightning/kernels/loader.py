@@ -30,7 +30,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     + tuple(f"dw_generic<{t}>" for t in _TYPES)
     + tuple(f"dw_pruned_nchw<{t}, {p}>" for t in _TYPES for p in (1, 2, 4, 8)),
 }
-OPTIONS = ("-std=c++17",)
+# -I: the .cu files include common.cuh from their own folder.
+OPTIONS = ("-std=c++17", f"-I{kernel_dir()}")
 
 
 def source(name: str) -> str:
