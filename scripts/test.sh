@@ -3,5 +3,5 @@
 # (GPU tests skip themselves without CUDA; benchmarks are never part of it). Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+bash scripts/setup.sh dev,tune,slurm
 exec .venv/bin/python -m pytest "$@"
