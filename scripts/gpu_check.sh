@@ -3,6 +3,11 @@
 # with its GPU extra (pip install -e '.[gpu,dev]'):
 #   1. pytest -m gpu (kernel vs F.conv2d/F.linear fuzz, CUDA-graph capture) -> junit XML + summary
 #   2. sparse-bench (CUDA-graph kernel timing vs cuDNN/cuBLAS/cuSPARSE)     -> JSON + PNG
+#   3. (issue 8, appended) Park's performance model: calibrate this GPU (profile JSON), then
+#      sparse-bench --model baselines (device-baselines layer set, batches 1/8/32, sparsities
+#      0.5-0.98) with the calibrated and the built-in h100 profile; median relative error and
+#      Spearman correlation of predicted vs measured sparse-kernel time -> perf/perf_model_check.json.
+#      The exit status then covers all three steps.
 # Usage: scripts/gpu_check.sh OUTDIR        (PYTHON=... to pick the interpreter)
 # Exit status: 0 when both steps pass, 1 when either fails, 2 when there is no GPU/CuPy.
 set -uo pipefail
@@ -49,3 +54,42 @@ bench_rc=${PIPESTATUS[0]}
 
 echo "gpu_check: pytest rc=$tests_rc, sparse-bench rc=$bench_rc; results in $OUT"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+
+# 3. Performance model (issue 8): calibrate, then predicted vs measured per layer.
+perf_rc=0
+mkdir -p "$OUT/perf"
+"$PY" -m sparse_lightning.perf.calibrate --device cuda --out "$OUT/perf/profile_calibrated.json" 2>&1 | tee "$OUT/perf/calibrate.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || perf_rc=1
+for prof in calibrated h100; do
+  spec=$([ "$prof" = calibrated ] && echo "$OUT/perf/profile_calibrated.json" || echo h100)
+  "$PY" -m sparse_lightning.cli.bench --model baselines --profile "$spec" --batches 1 8 32 \
+      --sparsities 0.5 0.7 0.8 0.9 0.95 0.98 --out "$OUT/perf/$prof" 2>&1 | tee "$OUT/perf/bench_$prof.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || perf_rc=1
+done
+"$PY" - "$OUT/perf" <<'PY' || perf_rc=1
+import json, sys, pathlib
+root = pathlib.Path(sys.argv[1])
+out = {}
+for prof in ("calibrated", "h100"):
+    path = root / prof / "model_bench_baselines.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        out[prof] = dict(profile=data["profile"], measured_on=data["measured_on"], **data["summary"])
+s = out.get("calibrated", {})
+out["acceptance"] = dict(median_rel_err_le_0_30=s.get("median_rel_err_sparse", 1e9) <= 0.30,
+                         spearman_ge_0_8=s.get("spearman_sparse", -1) >= 0.8)
+(root / "perf_model_check.json").write_text(json.dumps(out, indent=1))
+print("perf model check:", json.dumps(out["acceptance"]), {k: v.get("median_rel_err_sparse") for k, v in out.items() if k != "acceptance"})
+PY
+
+echo "gpu_check: perf-model rc=$perf_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$perf_rc" -eq 0 ]
+status=$?  # the steps above
+
+# 3. DEPrune (issue 9): DEPrune-pruned MobileNetV2 DW-conv and DS-block (PW1 + DW + PW2 convs) times
+#    vs dense cuDNN at batch 32, DW PR 78% / PW2 PR 50%: DEPrune, -B (BWT gain), -BH with predicted and
+#    measured alpha (HSR gain), and a DW time vs kept-K sweep -> deprune_bench.json + deprune_bench.png
+"$PY" scripts/results_deprune.py --bench-gpu "$OUT" --batch 32 2>&1 | tee "$OUT/deprune_bench.log"
+deprune_rc=${PIPESTATUS[0]}
+echo "gpu_check: deprune bench rc=$deprune_rc"
+[ "$status" -eq 0 ] && [ "$deprune_rc" -eq 0 ]

@@ -5,6 +5,7 @@ or run ``sparse-train`` with Hydra configs. Every config ``_target_`` points int
 """
 
 from sparse_lightning.callbacks import MagnitudePruning, MaskedPruningCallback, SparsityMonitor
+from sparse_lightning.callbacks.gsl import GuidedSparsity
 from sparse_lightning.criteria import magnitude_masks
 from sparse_lightning.data import CIFAR10DataModule, DigitsDataModule, MNIST1DDataModule, SyntheticDataModule
 from sparse_lightning.errors import ConfigError
@@ -17,6 +18,7 @@ from sparse_lightning.masks import (
     select_parameters,
     set_masks,
 )
+from sparse_lightning.perf import HardwareProfile, get_profile, layer_costs, useful_range
 from sparse_lightning.nn import PrunedDepthwiseConv2d, SparseConv2d, SparseLinear, convert
 from sparse_lightning.models import CNN1d, Classifier, GRUClassifier, LeNet5, MLP, ResNet20
 from sparse_lightning.stats import global_sparsity, layer_sparsity
@@ -30,6 +32,8 @@ __all__ = [
     "ConfigError",
     "DigitsDataModule",
     "GRUClassifier",
+    "GuidedSparsity",
+    "HardwareProfile",
     "LeNet5",
     "MLP",
     "MNIST1DDataModule",
@@ -46,10 +50,13 @@ __all__ = [
     "attach_masks_from_state_dict",
     "convert",
     "get_masks",
+    "get_profile",
     "global_sparsity",
+    "layer_costs",
     "layer_sparsity",
     "magnitude_masks",
     "mask_digest",
     "select_parameters",
     "set_masks",
+    "useful_range",
 ]

@@ -3,10 +3,14 @@
     sparse-bench --out benchmarks/results                 # full run (a few minutes on an H100)
     sparse-bench --quick --out /tmp/bench                 # smoke run: one batch, two sparsities
     sparse-bench --suite depthwise --layers 'effb0.*'
+    sparse-bench --model resnet20 --batches 1 --out /tmp/bench   # Park's model vs measured, per layer
 
 Writes `kernel_bench.json` (device, versions, date and one row per layer/batch/sparsity; rewritten
 after each suite) and `conv_speedup.png` / `depthwise.png`. Needs a CUDA GPU and CuPy; without
-them it exits with status 2 and one line saying why.
+them it exits with status 2 and one line saying why. With `--model` it writes
+`model_bench_<model>.json` and `.png` instead: predicted (Park's roofline, `--profile`) vs measured
+time per layer and the useful sparsity range; it runs on a CPU too, measuring the reference kernels
+against the CPU profile, or predicting only, and says which.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pruned fraction of depthwise taps (BWT-balanced)")
     p.add_argument("--quick", action="store_true", help="batch 1 and 32, sparsities 0.5 and 0.9")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--model", default=None, help="per-layer model vs measurement: resnet20, lenet5, cnn1d, baselines")
+    p.add_argument("--profile", default="auto",
+                   help="with --model: h100, a100, cpu, a profile JSON, or auto (calibrate here)")
+    p.add_argument("--input-shape", nargs="+", type=int, default=None, help="with --model: (C, H, W) or (C, L)")
+    p.add_argument("--no-measure", action="store_true", help="with --model: predictions only")
     args = p.parse_args(argv)
     if args.quick:
         args.batches, args.dw_batches = [1, 32], [1, 32]
@@ -54,8 +63,44 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def run_model_bench(args: argparse.Namespace) -> int:
+    """`--model`: Park's per-layer prediction next to the measured time (sparse_lightning.perf.bench)."""
+    import torch
+
+    from sparse_lightning.errors import ConfigError
+    from sparse_lightning.perf import bench as pb
+    from sparse_lightning.perf.profiles import get_profile
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        if args.profile == "auto":
+            from sparse_lightning.perf.calibrate import calibrate
+
+            on_gpu = torch.cuda.is_available() and unavailable_reason() is None
+            profile = calibrate("cuda", quick=True).profile if on_gpu else get_profile("cpu")
+        else:
+            profile = get_profile(args.profile)
+        result = pb.bench_model(args.model, profile, args.batches, args.sparsities, args.input_shape,
+                                measure=not args.no_measure)
+    except ConfigError as exc:
+        print(f"sparse-bench: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    result["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = args.out / f"model_bench_{args.model}.json"
+    path.write_text(json.dumps(result, indent=1))
+    written = [path]
+    if not args.no_plot:
+        written.append(pb.plot_model_bench(result, args.out / f"model_bench_{args.model}.png"))
+    print(pb.format_table(result))
+    print("sparse-bench: wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model:
+        return run_model_bench(args)
     reason = unavailable_reason()
     if reason:
         print(f"sparse-bench: {reason}", file=sys.stderr)
