@@ -86,7 +86,7 @@ echo "gpu_check: perf-model rc=$perf_rc"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$perf_rc" -eq 0 ]
 status=$?  # the steps above
 
-# 3. DEPrune (issue 9): DEPrune-pruned MobileNetV2 DW-conv and DS-block (PW1 + DW + PW2 convs) times
+# 4. DEPrune (issue 9): DEPrune-pruned MobileNetV2 DW-conv and DS-block (PW1 + DW + PW2 convs) times
 #    vs dense cuDNN at batch 32, DW PR 78% / PW2 PR 50%: DEPrune, -B (BWT gain), -BH with predicted and
 #    measured alpha (HSR gain), and a DW time vs kept-K sweep -> deprune_bench.json + deprune_bench.png
 "$PY" scripts/results_deprune.py --bench-gpu "$OUT" --batch 32 2>&1 | tee "$OUT/deprune_bench.log"

@@ -5,6 +5,7 @@ or run ``sparse-train`` with Hydra configs. Every config ``_target_`` points int
 """
 
 from sparse_lightning.callbacks import MagnitudePruning, MaskedPruningCallback, SparsityMonitor
+from sparse_lightning.callbacks.deprune import DEPrune
 from sparse_lightning.callbacks.gsl import GuidedSparsity
 from sparse_lightning.criteria import magnitude_masks
 from sparse_lightning.data import CIFAR10DataModule, DigitsDataModule, MNIST1DDataModule, SyntheticDataModule
@@ -20,7 +21,17 @@ from sparse_lightning.masks import (
 )
 from sparse_lightning.perf import HardwareProfile, get_profile, layer_costs, useful_range
 from sparse_lightning.nn import PrunedDepthwiseConv2d, SparseConv2d, SparseLinear, convert
-from sparse_lightning.models import CNN1d, Classifier, GRUClassifier, LeNet5, MLP, ResNet20
+from sparse_lightning.models import (
+    CNN1d,
+    Classifier,
+    EfficientNetB0,
+    GRUClassifier,
+    LeNet5,
+    MLP,
+    MobileNetV2,
+    MobileNetV3Small,
+    ResNet20,
+)
 from sparse_lightning.stats import global_sparsity, layer_sparsity
 
 __version__ = "0.1.0"
@@ -30,13 +41,17 @@ __all__ = [
     "CNN1d",
     "Classifier",
     "ConfigError",
+    "DEPrune",
     "DigitsDataModule",
+    "EfficientNetB0",
     "GRUClassifier",
     "GuidedSparsity",
     "HardwareProfile",
     "LeNet5",
     "MLP",
     "MNIST1DDataModule",
+    "MobileNetV2",
+    "MobileNetV3Small",
     "MagnitudePruning",
     "MaskedPruningCallback",
     "PrunedDepthwiseConv2d",

@@ -21,6 +21,9 @@ SENSIBLE = {
     "gru": ("mnist1d", "digits", "synthetic"),
     "lenet5": ("digits", "cifar10", "synthetic2d"),
     "resnet20": ("digits", "cifar10", "synthetic2d"),
+    "mobilenet_v2": ("digits", "synthetic2d"),
+    "mobilenet_v3_small": ("digits",),
+    "efficientnet_b0": ("digits",),
 }
 FAST = ["trainer.max_steps=3", "trainer.max_epochs=1", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
         "callbacks.progress=null", "+trainer.enable_model_summary=false", "logger=csv"]
@@ -60,7 +63,7 @@ def test_every_option_composes_and_validates(group, option, tmp_path, data_cache
     overrides = [f"{group}={option}"]
     if group == "data":
         overrides = data_overrides(option, tmp_path) + ["model=mlp"]
-    elif group == "model" and option in ("lenet5", "resnet20"):
+    elif group == "model" and option in ("lenet5", "resnet20", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"):
         overrides += ["data=digits"]
     cfg = compose_cfg(tmp_path, overrides)
     validate(cfg)

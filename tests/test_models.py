@@ -4,6 +4,7 @@ Run: python -m pytest tests/test_models.py -q
 """
 
 import inspect
+import typing
 from collections.abc import Sequence
 
 import pytest
@@ -14,7 +15,9 @@ from sparse_lightning.errors import ConfigError
 from sparse_lightning.models.cnn1d import CNN1d
 from sparse_lightning.models.gru import GRUClassifier
 from sparse_lightning.models.lenet5 import LeNet5
+from sparse_lightning.models.efficientnet import EfficientNetB0
 from sparse_lightning.models.mlp import MLP
+from sparse_lightning.models.mobilenet import MobileNetV2, MobileNetV3Small
 from sparse_lightning.models.resnet20 import ResNet20
 
 SIGNAL, DIGITS, CIFAR = (1, 40), (1, 8, 8), (3, 32, 32)
@@ -30,6 +33,9 @@ ZOO: dict[Net, tuple[list[Shape], list[Shape]]] = {
     GRUClassifier: ([SIGNAL, DIGITS, CIFAR], [(40,), (1, 1, 8, 8)]),
     LeNet5: ([DIGITS, (1, 28, 28), CIFAR], [SIGNAL, (1, 3, 3)]),
     ResNet20: ([DIGITS, CIFAR], [SIGNAL]),
+    MobileNetV2: ([DIGITS, CIFAR], [SIGNAL]),
+    MobileNetV3Small: ([DIGITS, CIFAR], [SIGNAL]),
+    EfficientNetB0: ([DIGITS, CIFAR], [SIGNAL]),
 }
 
 
@@ -97,9 +103,10 @@ def test_constructor_takes_typed_primitives_with_defaults(net: type[nn.Module]) 
     params = list(inspect.signature(net.__init__).parameters.values())[1:]
     assert [p.name for p in params[:2]] == ["input_shape", "num_classes"]
     primitives = (int, float, bool, str, Sequence[int])
+    hints = typing.get_type_hints(net.__init__)  # resolves string annotations
     for p in params[2:]:
         assert p.default is not inspect.Parameter.empty, f"{net.__name__}.{p.name} needs a default"
-        assert p.annotation in primitives, f"{net.__name__}.{p.name}: {p.annotation}"
+        assert hints[p.name] in primitives, f"{net.__name__}.{p.name}: {hints[p.name]}"
 
 
 def test_mlp_default_is_lenet_300_100_with_adjustable_dropout() -> None:
