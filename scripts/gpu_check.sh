@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# GPU checks of issue 7 (CUDA kernels) on a machine with an NVIDIA GPU and the package installed
-# with its GPU extra (pip install -e '.[gpu,dev]'):
-#   1. pytest -m gpu (kernel vs F.conv2d/F.linear fuzz, CUDA-graph capture) -> junit XML + summary
-#   2. sparse-bench (CUDA-graph kernel timing vs cuDNN/cuBLAS/cuSPARSE)     -> JSON + PNG
-#   3. (issue 8, appended) Park's performance model: calibrate this GPU (profile JSON), then
-#      sparse-bench --model baselines (device-baselines layer set, batches 1/8/32, sparsities
-#      0.5-0.98) with the calibrated and the built-in h100 profile; median relative error and
-#      Spearman correlation of predicted vs measured sparse-kernel time -> perf/perf_model_check.json.
-#      The exit status then covers all three steps.
-# Usage: scripts/gpu_check.sh OUTDIR        (PYTHON=... to pick the interpreter)
-# Exit status: 0 when both steps pass, 1 when either fails, 2 when there is no GPU/CuPy.
+# Every GPU check of the project in one command, for a machine with an NVIDIA GPU and the package
+# installed with its GPU extra (`bash scripts/setup.sh dev,gpu`, or `pip install -e '.[gpu,dev]'`):
+#   1. kernels (issue 7): nvcc PTX check; pytest -m gpu (fuzz vs F.conv2d/F.linear, CUDA-graph
+#      capture) -> pytest_gpu.xml, pytest_gpu.json
+#   2. kernels (issue 7): sparse-bench, CUDA-graph timing vs cuDNN TF32/FP32 and cuSPARSE -> JSON + PNG
+#   3. perf model (issue 8): calibrate this GPU, then sparse-bench --model baselines with the
+#      calibrated and the built-in h100 profile -> perf/perf_model_check.json (median relative
+#      error and Spearman of predicted vs measured sparse-kernel time)
+#   4. DEPrune (issue 9): pruned MobileNetV2 DW / DS blocks vs cuDNN at batch 32, BWT and HSR gains
+#      separately, DW time vs kept K -> deprune_bench.json, deprune_bench.png
+# Usage: scripts/gpu_check.sh OUTDIR   (interpreter: $PYTHON, else .venv/bin/python, else python)
+# Exit status: 0 when every step passes, 1 when any fails, 2 when there is no GPU or CuPy.
 set -uo pipefail
 
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
-PY=${PYTHON:-python}
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 mkdir -p "$OUT"
+failed=()
+# run NAME LOG CMD...: run a step, tee its output to LOG, remember it when it fails.
+run() {
+  local name=$1 log=$2; shift 2
+  "$@" 2>&1 | tee "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("$name")
+}
 
 "$PY" - <<'PY' || exit 2
 import importlib.util, sys, torch
@@ -33,8 +41,7 @@ else
   echo "nvcc not on PATH: PTX check skipped (the kernels are compiled by NVRTC in the tests)" | tee "$OUT/compile_check.txt"
 fi
 
-"$PY" -m pytest -m gpu -p no:cacheprovider -q -rfE --junitxml "$OUT/pytest_gpu.xml" 2>&1 | tee "$OUT/pytest_gpu.txt"
-tests_rc=${PIPESTATUS[0]}
+run "pytest -m gpu" "$OUT/pytest_gpu.txt" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rfE --junitxml "$OUT/pytest_gpu.xml"
 "$PY" - "$OUT/pytest_gpu.xml" "$OUT/pytest_gpu.json" <<'PY'
 import json, sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
@@ -49,24 +56,19 @@ json.dump({"summary": summary, "cases": cases}, open(sys.argv[2], "w"), indent=1
 print("pytest -m gpu:", summary)
 PY
 
-"$PY" -m sparse_lightning.cli.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log"
-bench_rc=${PIPESTATUS[0]}
-
-echo "gpu_check: pytest rc=$tests_rc, sparse-bench rc=$bench_rc; results in $OUT"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+run "sparse-bench" "$OUT/bench.log" "$PY" -m sparse_lightning.cli.bench --out "$OUT"
 
 # 3. Performance model (issue 8): calibrate, then predicted vs measured per layer.
-perf_rc=0
 mkdir -p "$OUT/perf"
-"$PY" -m sparse_lightning.perf.calibrate --device cuda --out "$OUT/perf/profile_calibrated.json" 2>&1 | tee "$OUT/perf/calibrate.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || perf_rc=1
+run "calibrate" "$OUT/perf/calibrate.log" \
+    "$PY" -m sparse_lightning.perf.calibrate --device cuda --out "$OUT/perf/profile_calibrated.json"
 for prof in calibrated h100; do
   spec=$([ "$prof" = calibrated ] && echo "$OUT/perf/profile_calibrated.json" || echo h100)
-  "$PY" -m sparse_lightning.cli.bench --model baselines --profile "$spec" --batches 1 8 32 \
-      --sparsities 0.5 0.7 0.8 0.9 0.95 0.98 --out "$OUT/perf/$prof" 2>&1 | tee "$OUT/perf/bench_$prof.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || perf_rc=1
+  run "sparse-bench --model ($prof)" "$OUT/perf/bench_$prof.log" \
+      "$PY" -m sparse_lightning.cli.bench --model baselines --profile "$spec" --batches 1 8 32 \
+      --sparsities 0.5 0.7 0.8 0.9 0.95 0.98 --out "$OUT/perf/$prof"
 done
-"$PY" - "$OUT/perf" <<'PY' || perf_rc=1
+"$PY" - "$OUT/perf" <<'PY' || failed+=("perf model summary")
 import json, sys, pathlib
 root = pathlib.Path(sys.argv[1])
 out = {}
@@ -82,14 +84,13 @@ out["acceptance"] = dict(median_rel_err_le_0_30=s.get("median_rel_err_sparse", 1
 print("perf model check:", json.dumps(out["acceptance"]), {k: v.get("median_rel_err_sparse") for k, v in out.items() if k != "acceptance"})
 PY
 
-echo "gpu_check: perf-model rc=$perf_rc"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$perf_rc" -eq 0 ]
-status=$?  # the steps above
 
-# 4. DEPrune (issue 9): DEPrune-pruned MobileNetV2 DW-conv and DS-block (PW1 + DW + PW2 convs) times
-#    vs dense cuDNN at batch 32, DW PR 78% / PW2 PR 50%: DEPrune, -B (BWT gain), -BH with predicted and
-#    measured alpha (HSR gain), and a DW time vs kept-K sweep -> deprune_bench.json + deprune_bench.png
-"$PY" scripts/results_deprune.py --bench-gpu "$OUT" --batch 32 2>&1 | tee "$OUT/deprune_bench.log"
-deprune_rc=${PIPESTATUS[0]}
-echo "gpu_check: deprune bench rc=$deprune_rc"
-[ "$status" -eq 0 ] && [ "$deprune_rc" -eq 0 ]
+# 4. DEPrune (issue 9): DW PR 78% / PW2 PR 50%: DEPrune, -B (BWT gain), -BH with predicted and
+#    measured alpha (HSR gain), and a DW time vs kept-K sweep.
+run "deprune bench" "$OUT/deprune_bench.log" "$PY" scripts/results_deprune.py --bench-gpu "$OUT" --batch 32
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "gpu_check: FAILED: ${failed[*]}; results in $OUT"
+  exit 1
+fi
+echo "gpu_check: all steps passed; results in $OUT"
