@@ -14,6 +14,7 @@
 set -uo pipefail
 
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the script changes directory
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 mkdir -p "$OUT"
