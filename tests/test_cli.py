@@ -16,7 +16,8 @@ TINY = ["trainer.max_epochs=2", "sparsity.at_epoch=1", "callbacks.progress=null"
         "+trainer.enable_model_summary=false"]
 
 BAD = [
-    (["model=foo"], "Could not find 'model/foo'; available: cnn1d, gru, lenet5, mlp, resnet20"),
+    (["model=foo"], "Could not find 'model/foo'; available: cnn1d, efficientnet_b0, gru, lenet5, mlp, mobilenet_v2, "
+                    "mobilenet_v3_small, resnet20"),
     (["logger=nope"], "Could not find 'logger/nope'"),
     (["sparsity.tagret=0.9"], "Could not override 'sparsity.tagret'. It is not in the config"),
     (["+sparsity.tagret=0.9"], "sparsity.tagret: unknown key for sparse_lightning.MagnitudePruning"),
@@ -43,6 +44,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparse-train: error: "), err
     assert message in err[0]
+    assert "provider=" not in err[0]  # no Hydra search-path dump
     assert not list(tmp_path.rglob("*.ckpt")), "no training may start"
 
 
