@@ -56,8 +56,8 @@ def precheck(overrides: list[str]) -> None:
 def _hydra_message(exc: BaseException) -> str:
     text = str(exc)
     if "Could not find" in text and "Available options" in text:
-        listing = text.split("Available options", 1)[1].split("\n\n", 1)[0]  # a blank line ends the list
-        options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
+        listing = text.split("Available options", 1)[1].splitlines()[1:]
+        options = [line.strip() for line in listing if line.startswith("\t") and "=" not in line]
         return f"{first_line(exc).removeprefix('In ').split(': ', 1)[-1]}; available: {', '.join(options)}"
     if text.startswith("Could not override"):
         return f"{first_line(exc)} It is not in the config (check the spelling; `+key=value` adds a new key)."
