@@ -102,11 +102,26 @@ def _masked_pairs(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
     return [(get_parameter(model, fqn), mask) for fqn, mask in get_masks(model).items()]
 
 
+def local_view(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's shard of ``tensor``, the matching slice of the full ``mask``); plain tensors pass through.
+
+    FSDP2 (``fully_shard``) makes parameters, gradients and optimizer state DTensors sharded on dim 0,
+    while mask buffers stay whole and replicated on every rank.
+    """
+    from torch.distributed.tensor import DTensor
+    if not isinstance(tensor, DTensor):
+        return tensor, mask
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    return tensor.to_local(), mask[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
     """Zero the pruned entries of every masked parameter, in place."""
     for param, mask in _masked_pairs(model):
-        param.mul_(mask)
+        local, mask = local_view(param, mask)
+        local.mul_(mask)
 
 
 @torch.no_grad()
@@ -114,7 +129,8 @@ def mask_gradients(model: nn.Module) -> None:
     """Zero the gradients of pruned entries (call before the optimizer step)."""
     for param, mask in _masked_pairs(model):
         if param.grad is not None:
-            param.grad.mul_(mask)
+            local, local_mask = local_view(param.grad, mask)
+            local.mul_(local_mask)
 
 
 @torch.no_grad()
@@ -123,7 +139,8 @@ def zero_optimizer_state(optimizers: Iterable[torch.optim.Optimizer], param: tor
     for optimizer in optimizers:
         for value in optimizer.state.get(param, {}).values():
             if torch.is_tensor(value) and value.shape == param.shape:
-                value.masked_fill_(pruned, 0)
+                local, local_pruned = local_view(value, pruned)
+                local.masked_fill_(local_pruned, 0)
 
 
 @torch.no_grad()
@@ -143,7 +160,8 @@ def set_masks(
             raise ValueError(f"mask for {fqn} has shape {tuple(new.shape)}, parameter has {tuple(param.shape)}")
         newly_pruned = buffer & ~new
         buffer.copy_(new)
-        param.mul_(new)
+        local_param, local_new = local_view(param, new)
+        local_param.mul_(local_new)
         if newly_pruned.any():
             zero_optimizer_state(optimizers, param, newly_pruned)
 

@@ -8,8 +8,10 @@ code. Every object is built and checked before ``trainer.fit``: a bad value fail
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -34,6 +36,7 @@ class Run:
     module: pl.LightningModule
     trainer: pl.Trainer
     callbacks: list[pl.Callback]
+    config: dict[str, Any]  # the resolved config, logged as the run's hyperparameters
 
 
 def _build(key: str, node: Any, **kwargs: Any) -> Any:
@@ -83,7 +86,7 @@ def build(cfg: DictConfig) -> Run:
                 raise ConfigError(f"sparsity: {exc}") from None
     logger = _build("logger", resolved.logger) if resolved.logger else False
     trainer = _build("trainer", resolved.trainer, callbacks=callbacks, logger=logger)
-    return Run(datamodule, module, trainer, callbacks)
+    return Run(datamodule, module, trainer, callbacks, OmegaConf.to_container(resolved))
 
 
 def _finish_wandb() -> None:
@@ -102,8 +105,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _finish_wandb()
 
 
+def resume_path(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """``cfg.ckpt_path``; in a requeued SLURM job without one, the newest of Lightning's
+    ``hpc_ckpt_N.ckpt`` (saved on SIGUSR1) and the checkpoint callbacks' ``last.ckpt`` (a requeue
+    without that signal: ``scontrol requeue``, preemption, a submitit resubmission)."""
+    if cfg.get("ckpt_path") is not None or int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
+        return cfg.get("ckpt_path")
+    candidates = [*Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")]
+    candidates += [Path(cb.dirpath) / "last.ckpt" for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    existing = [p for p in candidates if p.is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
+
+
+def _drop_hpc_checkpoints(trainer: pl.Trainer) -> None:
+    """Delete Lightning's SLURM ``hpc_ckpt_N.ckpt`` once fit is done: left in place, ``trainer.test``
+    (and any later run in this dir) would load those older weights instead of the final ones."""
+    if trainer.is_global_zero:
+        for path in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+            path.unlink()
+    trainer.strategy.barrier()
+
+
 def _fit_and_test(run: Run, cfg: DictConfig) -> dict[str, float]:
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    for logger in run.trainer.loggers:  # the full resolved config: wandb run config, hparams.yaml
+        logger.log_hyperparams(run.config)
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_path(cfg, run.trainer))
+    _drop_hpc_checkpoints(run.trainer)
     metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
     if cfg.get("test", True):
         # Test the final weights: a "best" checkpoint could predate pruning.

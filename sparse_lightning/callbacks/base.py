@@ -61,7 +61,8 @@ class MaskedPruningCallback(Callback):
         apply_masks(pl_module)
 
     def weights(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        return {name: get_parameter(pl_module, name) for name in self._targets}
+        # FSDP2: gather sharded weights, so the (global) threshold sees every entry on every rank.
+        return {name: _full(get_parameter(pl_module, name)) for name in self._targets}
 
     def current_masks(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
         masks = get_masks(pl_module)
@@ -70,3 +71,8 @@ class MaskedPruningCallback(Callback):
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, torch.Tensor]) -> None:
         """Install ``masks`` (rank 0's copy on every rank) and clean the optimizer state."""
         set_masks(pl_module, broadcast_masks(masks, src=0), trainer.optimizers)
+
+
+def _full(tensor):
+    from torch.distributed.tensor import DTensor
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor

@@ -14,6 +14,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparse_lightning.config import first_line
@@ -71,6 +73,11 @@ def _run(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (ConfigError, FloatingPointError) as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One job of a sweep: raise, so the launcher records this job as failed and the sweep reports
+            # it (sys.exit in a submitit job leaves no result, and the driver waits for it).
+            log.error("sparse-train: error: %s", exc)
+            raise
         fail(str(exc))
     return metrics.get("test/acc")  # the objective Hydra sweepers optimize
 
