@@ -4,7 +4,14 @@ Add one callback to a Trainer, e.g. ``Trainer(callbacks=[MagnitudePruning(0.9, a
 or run ``sparse-train`` with Hydra configs. Every config ``_target_`` points into this namespace.
 """
 
-from sparse_lightning.callbacks import MagnitudePruning, MaskedPruningCallback, SparsityMonitor
+from sparse_lightning.callbacks import (
+    STR,
+    GradualPruning,
+    IterativePruning,
+    MagnitudePruning,
+    MaskedPruningCallback,
+    SparsityMonitor,
+)
 from sparse_lightning.callbacks.deprune import DEPrune
 from sparse_lightning.callbacks.gsl import GuidedSparsity
 from sparse_lightning.criteria import magnitude_masks
@@ -32,6 +39,7 @@ from sparse_lightning.models import (
     MobileNetV3Small,
     ResNet20,
 )
+from sparse_lightning.reparam import apply_str, export_str_state_dict, remove_str
 from sparse_lightning.stats import global_sparsity, layer_sparsity
 
 __version__ = "0.1.0"
@@ -45,8 +53,10 @@ __all__ = [
     "DigitsDataModule",
     "EfficientNetB0",
     "GRUClassifier",
+    "GradualPruning",
     "GuidedSparsity",
     "HardwareProfile",
+    "IterativePruning",
     "LeNet5",
     "MLP",
     "MNIST1DDataModule",
@@ -56,14 +66,17 @@ __all__ = [
     "MaskedPruningCallback",
     "PrunedDepthwiseConv2d",
     "ResNet20",
+    "STR",
     "SparseConv2d",
     "SparseLinear",
     "SparsityMonitor",
     "SyntheticDataModule",
     "apply_masks",
+    "apply_str",
     "attach_masks",
     "attach_masks_from_state_dict",
     "convert",
+    "export_str_state_dict",
     "get_masks",
     "get_profile",
     "global_sparsity",
@@ -71,6 +84,7 @@ __all__ = [
     "layer_sparsity",
     "magnitude_masks",
     "mask_digest",
+    "remove_str",
     "select_parameters",
     "set_masks",
     "useful_range",

@@ -60,6 +60,11 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     for group in ("data", "model", "trainer"):
         if not isinstance(container.get(group), dict) or "_target_" not in container[group]:
             raise ConfigError(f"{group}: no {group} configured (choose one with {group}=<option>)")
+    for group in ("sparsity", "logger"):  # optional groups: empty, or a _target_ node
+        node = container.get(group)
+        if node and "_target_" not in node:
+            raise ConfigError(f"{group}: keys {sorted(node)} are set but no {group} method is chosen "
+                              f"(an experiment's {group} settings on {group}=dense/none?)")
     return container
 
 

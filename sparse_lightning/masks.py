@@ -33,8 +33,8 @@ def _prunable_names(module: nn.Module) -> list[str]:
     """Local names of the prunable weights a module owns (never biases or norm parameters)."""
     if isinstance(module, (nn.Linear, nn.Embedding, *_CONV)):
         return ["weight"]
-    if isinstance(module, _RNN):
-        return [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight_")]
+    if isinstance(module, _RNN):  # _flat_weights_names also lists weights moved out by a parametrization (STR)
+        return [name for name in module._flat_weights_names if name.startswith("weight_")]
     return []
 
 

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sparse_lightning.callbacks.base import MaskedPruningCallback
+from sparse_lightning.callbacks.str import STR
 from sparse_lightning.config import first_line, validate
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.masks import require_targets, select_parameters
@@ -79,7 +80,7 @@ def build(cfg: DictConfig) -> Run:
     if resolved.sparsity:
         callbacks.append(_build("sparsity", resolved.sparsity))
     for cb in callbacks:
-        if isinstance(cb, MaskedPruningCallback):
+        if isinstance(cb, (MaskedPruningCallback, STR)):
             try:
                 require_targets(module, cb.include, cb.exclude)
             except ConfigError as exc:

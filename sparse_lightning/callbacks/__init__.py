@@ -1,7 +1,10 @@
 """Lightning callbacks: pruning methods and the sparsity monitor."""
 
 from sparse_lightning.callbacks.base import MaskedPruningCallback
+from sparse_lightning.callbacks.gradual import GradualPruning
+from sparse_lightning.callbacks.iterative import IterativePruning
 from sparse_lightning.callbacks.monitor import SparsityMonitor
 from sparse_lightning.callbacks.pruning import MagnitudePruning
+from sparse_lightning.callbacks.str import STR
 
-__all__ = ["MaskedPruningCallback", "MagnitudePruning", "SparsityMonitor"]
+__all__ = ["GradualPruning", "IterativePruning", "MaskedPruningCallback", "MagnitudePruning", "STR", "SparsityMonitor"]
