@@ -98,7 +98,12 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-def _masked_pairs(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+MaskedPairs = list[tuple[nn.Parameter, torch.Tensor]]
+
+
+def masked_pairs(model: nn.Module) -> MaskedPairs:
+    """(parameter, mask) for every mask in the model. Walking the model costs more than masking a
+    small one, so per-step callers cache this list (and drop it when masks or parameters change)."""
     return [(get_parameter(model, fqn), mask) for fqn, mask in get_masks(model).items()]
 
 
@@ -117,17 +122,17 @@ def local_view(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def apply_masks(model: nn.Module) -> None:
-    """Zero the pruned entries of every masked parameter, in place."""
-    for param, mask in _masked_pairs(model):
+def apply_masks(model: nn.Module, pairs: MaskedPairs | None = None) -> None:
+    """Zero the pruned entries of every masked parameter (or of ``pairs``), in place."""
+    for param, mask in masked_pairs(model) if pairs is None else pairs:
         local, mask = local_view(param, mask)
         local.mul_(mask)
 
 
 @torch.no_grad()
-def mask_gradients(model: nn.Module) -> None:
+def mask_gradients(model: nn.Module, pairs: MaskedPairs | None = None) -> None:
     """Zero the gradients of pruned entries (call before the optimizer step)."""
-    for param, mask in _masked_pairs(model):
+    for param, mask in masked_pairs(model) if pairs is None else pairs:
         if param.grad is not None:
             local, local_mask = local_view(param.grad, mask)
             local.mul_(local_mask)

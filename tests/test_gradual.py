@@ -220,6 +220,7 @@ def test_callbacks_work_on_a_torch_compiled_model(make_trainer, method):
     probe = MaskProbe()
     compiled = torch.compile(model)
     make_trainer(max_steps=14, callbacks=[pruner, probe]).fit(compiled)
+    assert model._compiler_ctx is not None  # Lightning trained through the compiled forward/training_step
     masks = get_masks(model)
     assert set(masks) == set(TYPES)
     assert len({tuple(int(m.sum()) for m in step.values()) for step in probe.masks}) >= 3  # pruned while compiled

@@ -111,6 +111,7 @@ class IterativePruning(MaskedPruningCallback):
         self._dropout: dict[str, str] = {}  # dropout module -> layer module
         self._dropout_p0: dict[str, float] = {}  # D_o
         self._frozen: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._weights: list[torch.nn.Parameter] = []
         self._saved_lr: list[tuple[dict, float]] = []
         self._last_logged = -1
         self._loaded: dict[str, Any] | None = None
@@ -136,6 +137,7 @@ class IterativePruning(MaskedPruningCallback):
             raise ConfigError(f"IterativePruning: no weights of the layer types {sorted(self.quality)} "
                               f"in {type(pl_module).__name__} (found: {sorted(set(kinds.values()))})")
         attach_masks(pl_module, self._targets)
+        self._pairs = None  # the base's cached (param, mask) pairs belong to the model set up last
         groups = [[n for n in self._targets if (kinds[n] == "conv") == (phase == "conv")] for phase in _PHASES]
         self._groups = [g for g in groups if g] if self.freeze else [list(self._targets)]
         layers = sorted({n.rpartition(".")[0] for n in self._targets})
@@ -163,6 +165,8 @@ class IterativePruning(MaskedPruningCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Parameter objects survive .to(device) and DDP wrapping: look them up once, not every step
+        self._weights = [get_parameter(pl_module, n) for n in self._targets]
         if self._events_done:  # resumed inside a retraining phase: restore its frozen set and dropout rates
             self._enter_phase(pl_module, self._events_done - 1)
 
@@ -235,8 +239,7 @@ class IterativePruning(MaskedPruningCallback):
         l1, l2 = self.regularization.get("l1", 0.0), self.regularization.get("l2", 0.0)
         if not (l1 or l2):
             return
-        for name in self._targets:
-            w = get_parameter(pl_module, name)
+        for w in self._weights or [get_parameter(pl_module, n) for n in self._targets]:
             if w.grad is None:
                 continue
             if l2:
