@@ -1,7 +1,9 @@
 """FSDP2 (torch fully_shard) via Lightning's ModelParallelStrategy on 2 CPU ranks (gloo): global magnitude
-pruning over sharded parameters. Prints one JSON line per rank. Run by tests/test_distributed.py."""
+pruning over sharded parameters. Each rank writes OUT_DIR/rank<N>.json. Run by tests/test_distributed.py."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -31,11 +33,12 @@ if __name__ == "__main__":
     trainer.fit(model, datamodule=dm)
     masks = get_masks(model)
     params = {n: get_parameter(model, n) for n in masks}
-    print(json.dumps({
+    report = Path(sys.argv[1]) / f"rank{trainer.global_rank}.json"  # one file per rank: no interleaved stdout
+    report.write_text(json.dumps({
         "rank": trainer.global_rank,
         "digest": mask_digest(model),
         "sharded": all(isinstance(p, DTensor) for p in params.values()),
         "pruned": sum(int((~m).sum()) for m in masks.values()),
         "total": sum(m.numel() for m in masks.values()),
         "pruned_zero": all(bool((params[n].full_tensor()[~m] == 0).all()) for n, m in masks.items()),
-    }), flush=True)
+    }))
