@@ -39,20 +39,24 @@ def _overrides(argv: list[str]) -> list[str] | None:
     return [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate the config this command line asks for; raise ConfigError."""
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra run; ConfigError on failure."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sparse_lightning.config import validate
-
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose(CONFIG_NAME, overrides=overrides + ["output_dir=precheck"])
+            return compose(config_name, overrides=overrides + ["output_dir=precheck"])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_hydra_message(exc)) from None
-    validate(cfg)
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate the config this command line asks for; raise ConfigError."""
+    from sparse_lightning.config import validate
+
+    validate(compose_config(CONFIG_NAME, overrides))
 
 
 def _hydra_message(exc: BaseException) -> str:

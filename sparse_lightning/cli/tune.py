@@ -19,7 +19,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sparse_lightning.cli.train import _hydra_message, _overrides
+from sparse_lightning.cli.train import _overrides, compose_config
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.resources import config_dir
 
@@ -34,17 +34,9 @@ def fail(message: str) -> None:
 
 def precheck(overrides: list[str]) -> None:
     """Compose this command line's config; check the search settings and the train config it holds."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from sparse_lightning.tune.search import TuneSettings, get_path, resolve_train_config
 
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose(CONFIG_NAME, overrides=overrides + ["output_dir=precheck"])
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_hydra_message(exc)) from None
+    cfg = compose_config(CONFIG_NAME, overrides)
     settings = TuneSettings.from_config(cfg.get("tune"))
     base = resolve_train_config(cfg)
     for name in settings.space:

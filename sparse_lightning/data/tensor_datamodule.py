@@ -8,6 +8,7 @@ the subclass normalizes in its batch transform, as CIFAR-10 does) and builds the
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -80,9 +81,9 @@ class TensorDataModule(pl.LightningDataModule):
         self.val_dataset: TensorDataset | None = None
         self.test_dataset: TensorDataset | None = None
 
+    @abc.abstractmethod
     def _load(self) -> Arrays:
         """Returns ``(x_train, y_train, x_test, y_test)``; x is ``(N, *input_shape)``, y int64."""
-        raise NotImplementedError
 
     def _collate(self, train: bool) -> Callable[[list], Any] | None:
         """The loader's collate_fn (a picklable object, for worker processes); None for default."""
