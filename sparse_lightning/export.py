@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.masks import MASK_SUFFIX
+from sparse_lightning.masks import DENSE_COPY_SUFFIX, MASK_SUFFIX
 
 FORMAT = "sparse_lightning/han-relative-index"
 VERSION = 1
@@ -91,6 +91,9 @@ def compress_state_dict(
 ) -> dict[str, Any]:
     """Encode every tensor that has a ``<name>_mask`` in ``state_dict``; keep the others dense.
 
+    Training-only state is left out: the ``<name>_gsl_dense`` copies Guided Sparsity Learning keeps
+    to restore layers.
+
     Args:
         state_dict: a model's (or a Lightning checkpoint's) ``state_dict``, masks included.
         fc_bits, conv_bits: index width for matrices and for conv kernels (rank >= 3).
@@ -100,6 +103,7 @@ def compress_state_dict(
     """
     check_bits(fc_bits, "fc_bits"), check_bits(conv_bits, "conv_bits")
     bits = dict(bits or {})
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith(DENSE_COPY_SUFFIX)}
     masked = {k[: -len(MASK_SUFFIX)] for k in state_dict if k.endswith(MASK_SUFFIX)}
     layers, dense = {}, {}
     for name, tensor in state_dict.items():

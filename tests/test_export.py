@@ -109,6 +109,15 @@ def test_console_script_fails_with_one_line(tmp_path):
     assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
 
 
+def test_guided_sparsity_dense_copies_are_not_exported():
+    layer = torch.nn.Linear(8, 8)
+    state = {**layer.state_dict(), "weight_mask": layer.weight != 0, "weight_gsl_dense": layer.weight.detach().clone()}
+    payload = compress_state_dict(state)
+    assert "weight_gsl_dense" not in payload["order"] and "weight_gsl_dense" not in payload["dense"]
+    assert set(decompress(payload)) == {"weight", "bias", "weight_mask"}
+    assert sum(r.numel for r in size_report(payload)) == 8 * 8 + 8
+
+
 def test_bad_bit_width():
     from sparse_lightning import ConfigError
 

@@ -9,6 +9,7 @@ from torch import nn
 from sparse_lightning import ConfigError
 from sparse_lightning.criteria import magnitude_masks
 from sparse_lightning.masks import (
+    MaskedStep,
     apply_masks,
     attach_masks,
     attach_masks_from_state_dict,
@@ -127,6 +128,34 @@ def test_mask_gradients_and_apply_masks():
         layer.weight.fill_(1.0)
     apply_masks(layer)
     assert torch.equal(layer.weight, torch.eye(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_prepared_step_masks_weights_and_only_present_gradients(dtype):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)).to(dtype)
+    set_masks(model, {"0.weight": torch.eye(4, dtype=torch.bool), "1.weight": torch.zeros(3, 4, dtype=torch.bool)})
+    step = MaskedStep(model)
+    model[0](torch.randn(2, 4, dtype=dtype)).sum().backward()  # layer 1 gets no gradient
+    step.mask_gradients()
+    assert model[1].weight.grad is None
+    assert torch.equal(model[0].weight.grad != 0, model[0].weight.grad.new_ones(4, 4).diag().diag() != 0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(2.0)
+    step.apply()
+    assert model[0].weight.dtype == dtype
+    assert torch.equal(model[0].weight, 2 * torch.eye(4, dtype=dtype)) and not model[1].weight.any()
+
+
+def test_prepared_step_is_stale_after_an_in_place_mask_change():
+    layer = nn.Linear(4, 4)
+    set_masks(layer, {"weight": torch.ones(4, 4, dtype=torch.bool)})
+    step = MaskedStep(layer)
+    assert not step.stale()
+    layer.load_state_dict({**layer.state_dict(), "weight_mask": torch.eye(4, dtype=torch.bool)})  # a checkpoint restore
+    assert step.stale()
+    MaskedStep(layer).apply()
+    assert torch.count_nonzero(layer.weight) == 4
 
 
 def test_digest_changes_with_any_bit():

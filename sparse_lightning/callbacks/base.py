@@ -15,13 +15,11 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from sparse_lightning.masks import (
-    apply_masks,
+    MaskedStep,
     attach_masks,
     broadcast_masks,
     get_masks,
     get_parameter,
-    mask_gradients,
-    masked_pairs,
     require_targets,
     set_masks,
 )
@@ -39,7 +37,7 @@ class MaskedPruningCallback(Callback):
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self._targets: list[str] = []
-        self._pairs: list | None = None  # cached (param, mask) pairs for the per-step hooks
+        self._step: MaskedStep | None = None  # the per-step masking, prepared once
 
     @property
     def targets(self) -> list[str]:
@@ -51,24 +49,24 @@ class MaskedPruningCallback(Callback):
         # Idempotent, and before checkpoint restore: the restored state_dict finds the buffers.
         self._targets = require_targets(pl_module, self.include, self.exclude)
         attach_masks(pl_module, self._targets)
-        self._pairs = None
+        self._step = None
 
-    def _masked(self, pl_module: pl.LightningModule) -> list:
-        # Built lazily at the first step: after the move to the device and after configure_model
-        # (FSDP2 replaces parameters there). Masks change in place, so only new masks invalidate it.
-        if self._pairs is None:
-            self._pairs = masked_pairs(pl_module)
-        return self._pairs
+    def _masked(self, pl_module: pl.LightningModule) -> MaskedStep:
+        # Built lazily at the first step: after the move to the device, after configure_model (FSDP2
+        # replaces parameters there) and after a checkpoint restore; rebuilt when a mask changed.
+        if self._step is None or self._step.stale():
+            self._step = MaskedStep(pl_module)
+        return self._step
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        mask_gradients(pl_module, self._masked(pl_module))
+        self._masked(pl_module).mask_gradients()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        apply_masks(pl_module, self._masked(pl_module))
+        self._masked(pl_module).apply()
 
     def weights(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
         # FSDP2: gather sharded weights, so the (global) threshold sees every entry on every rank.
@@ -81,7 +79,7 @@ class MaskedPruningCallback(Callback):
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, torch.Tensor]) -> None:
         """Install ``masks`` (rank 0's copy on every rank) and clean the optimizer state."""
         set_masks(pl_module, broadcast_masks(masks, src=0), trainer.optimizers)
-        self._pairs = None  # set_masks may have attached new mask buffers
+        self._step = None  # set_masks may have attached new mask buffers
 
 
 def _full(tensor):

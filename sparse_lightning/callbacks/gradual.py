@@ -195,7 +195,7 @@ class GradualPruning(MaskedPruningCallback):
             raise ConfigError(f"GradualPruning: no weights of the configured layer types {sorted(self.layers)} "
                               f"in {type(pl_module).__name__} (found: {sorted(set(kinds.values()))})")
         attach_masks(pl_module, self._targets)
-        self._pairs = None  # the base's cached (param, mask) pairs belong to the model set up last
+        self._step = None  # the base's prepared masking belongs to the model set up last
         self._numel = {n: get_parameter(pl_module, n).numel() for n in self._targets}
         self._plans = [
             _Plan(kind, [n for n in self._targets if kinds[n] == kind], s.get("target"), s.get("initial", 0.0),

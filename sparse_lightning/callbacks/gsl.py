@@ -30,13 +30,12 @@ from typing_extensions import override
 
 from sparse_lightning.callbacks.base import MaskedPruningCallback
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.masks import get_masks, get_parameter
+from sparse_lightning.masks import DENSE_COPY_SUFFIX, get_masks, get_parameter
 from sparse_lightning.perf.model import MODELED, LayerCost, UsefulRange, costs_from_shapes, model_speedup, useful_range
 from sparse_lightning.perf.profiles import HardwareProfile, get_profile
 
 PRUNING, FROZEN, RESTORED, DROPPED = "pruning", "frozen", "restored", "dropped"
 DECISION_CODE = {PRUNING: 0, FROZEN: 1, RESTORED: 2, DROPPED: 3}
-DENSE_SUFFIX = "_gsl_dense"
 STABLE_CHECKS = 5  # METHODS 4c [I]: "stabilized" = a change of < 0.5 points over 5 checks
 STABLE_DELTA = 0.005
 TH_MAX_SCALE = 10.0  # th_max = 10 th0 (SkimCaffe sgd_solver.cpp)
@@ -65,7 +64,7 @@ def drop_dense_copies(model: torch.nn.Module) -> list[str]:
     to load the weights into a model trained without GSL). Returns the removed buffer names."""
     removed = []
     for module_name, module in model.named_modules():
-        for name in [b for b, _ in module.named_buffers(recurse=False) if b.endswith(DENSE_SUFFIX)]:
+        for name in [b for b, _ in module.named_buffers(recurse=False) if b.endswith(DENSE_COPY_SUFFIX)]:
             delattr(module, name)
             removed.append(f"{module_name}.{name}" if module_name else name)
     return removed
@@ -118,8 +117,8 @@ class GuidedSparsity(MaskedPruningCallback):
         for fqn in self._targets:  # the dense weights to restore; in the model's state_dict
             module_name, _, local = fqn.rpartition(".")
             module = pl_module.get_submodule(module_name) if module_name else pl_module
-            if not hasattr(module, local + DENSE_SUFFIX):
-                module.register_buffer(local + DENSE_SUFFIX, getattr(module, local).detach().clone())
+            if not hasattr(module, local + DENSE_COPY_SUFFIX):
+                module.register_buffer(local + DENSE_COPY_SUFFIX, getattr(module, local).detach().clone())
 
     def _capture_shapes(self, pl_module: pl.LightningModule) -> None:
         wanted = {fqn.rpartition(".")[0] for fqn in self._targets if fqn.endswith(".weight")}
@@ -227,7 +226,7 @@ class GuidedSparsity(MaskedPruningCallback):
         """Bring back the dense weights saved at setup; entries pruned before setup stay pruned."""
         module_name, _, local = fqn.rpartition(".")
         module = pl_module.get_submodule(module_name) if module_name else pl_module
-        dense = getattr(module, local + DENSE_SUFFIX)
+        dense = getattr(module, local + DENSE_COPY_SUFFIX)
         mask = get_masks(pl_module)[fqn] | (dense != 0)
         self.prune(trainer, pl_module, {fqn: mask})
         getattr(module, local).copy_(dense * mask)

@@ -137,7 +137,7 @@ class IterativePruning(MaskedPruningCallback):
             raise ConfigError(f"IterativePruning: no weights of the layer types {sorted(self.quality)} "
                               f"in {type(pl_module).__name__} (found: {sorted(set(kinds.values()))})")
         attach_masks(pl_module, self._targets)
-        self._pairs = None  # the base's cached (param, mask) pairs belong to the model set up last
+        self._step = None  # the base's prepared masking belongs to the model set up last
         groups = [[n for n in self._targets if (kinds[n] == "conv") == (phase == "conv")] for phase in _PHASES]
         self._groups = [g for g in groups if g] if self.freeze else [list(self._targets)]
         layers = sorted({n.rpartition(".")[0] for n in self._targets})
@@ -239,13 +239,12 @@ class IterativePruning(MaskedPruningCallback):
         l1, l2 = self.regularization.get("l1", 0.0), self.regularization.get("l2", 0.0)
         if not (l1 or l2):
             return
-        for w in self._weights or [get_parameter(pl_module, n) for n in self._targets]:
-            if w.grad is None:
-                continue
-            if l2:
-                w.grad.add_(w, alpha=l2)
-            if l1:
-                w.grad.add_(torch.sign(w), alpha=l1)
+        weights = [w for w in self._weights or [get_parameter(pl_module, n) for n in self._targets] if w.grad is not None]
+        grads = [w.grad for w in weights]
+        if l2 and grads:
+            torch._foreach_add_(grads, weights, alpha=l2)
+        if l1 and grads:
+            torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=l1)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
