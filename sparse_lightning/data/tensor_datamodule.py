@@ -3,20 +3,22 @@
 A subclass sets ``input_shape`` and ``num_classes`` in ``__init__`` and implements ``_load()``,
 which returns ``(x_train, y_train, x_test, y_test)`` with ``x`` shaped ``(N, *input_shape)``.
 The base carves the validation split from train, standardizes with train statistics (unless
-the subclass normalizes in its batch transform, as CIFAR-10 does) and builds the loaders.
+the subclass normalizes in its batch transform, as CIFAR-10 does) and builds the loaders. The
+train loader shuffles in an order that depends only on (seed, epoch), so a run resumed from an
+end-of-epoch checkpoint sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from typing_extensions import override
 
 from sparse_lightning.errors import ConfigError
@@ -54,6 +56,30 @@ def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Ten
         held.append(idx[:n_held])
         kept.append(idx[n_held:])
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A permutation of ``range(len(data_source))`` drawn from ``torch.Generator().manual_seed(seed + epoch)``.
+
+    Unlike ``shuffle=True``, which draws from the global RNG (not in Lightning's checkpoints), the order
+    of an epoch is the same in a resumed run. Lightning calls ``set_epoch`` at each epoch start with the
+    epoch from its (restored) loop state. A ``RandomSampler`` on purpose: under a distributed strategy
+    Lightning replaces it with a ``DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED)``, which also
+    shuffles by seed + epoch (a custom sampler would be wrapped instead, and never see ``set_epoch``).
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @override
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -112,7 +138,8 @@ class TensorDataModule(pl.LightningDataModule):
     def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
+        sampler = EpochShuffleSampler(dataset, self.seed) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self._collate(train),
                           persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
