@@ -39,7 +39,7 @@ from sparse_lightning.models import (
     MobileNetV3Small,
     ResNet20,
 )
-from sparse_lightning.reparam import apply_str, export_str_state_dict, remove_str
+from sparse_lightning.reparam import apply_str, export_lowrank_factors, export_str_state_dict, fix_ranks, remove_str
 from sparse_lightning.stats import global_sparsity, layer_sparsity
 
 __version__ = "0.1.0"
@@ -76,7 +76,9 @@ __all__ = [
     "attach_masks",
     "attach_masks_from_state_dict",
     "convert",
+    "export_lowrank_factors",
     "export_str_state_dict",
+    "fix_ranks",
     "get_masks",
     "get_profile",
     "global_sparsity",

@@ -8,12 +8,16 @@ Structured low rank, on 2-D weights such as RNN/GRU matrices::
 
     W_eff = U diag(S_g(sigma, s)) V^T,    S_g(x, s) = sign(x) relu(|x| - g(s)),  rank = nnz(S_g(sigma, s))
 
-with U (m, r), V (n, r) from the SVD of the dense W (each scaled by sqrt of the singular values) and
-sigma initialized to 1. ``s`` is an ordinary ``nn.Parameter`` inside the parametrization module,
+with U (m, r), V (n, r) the orthonormal singular vectors of the dense W and sigma its top-r singular
+values, so the threshold ``g(s)`` acts on the singular values themselves and prunes the weakest
+directions first (METHODS.md writes sigma = 1 and marks the form unverified: with the scale in U and
+V every direction looks alike to the threshold, and ``g(s) <= 1/2`` while decay alone raises ``s``
+towards 0, so sigma = 1 is never pruned). ``s`` is an ordinary ``nn.Parameter`` inside the parametrization module,
 so the user's optimizer and its weight decay train it, as the paper's objective
 ``L(W_eff) + lambda * sum_l (||W_l||^2 + s_l^2)`` asks. With ``scope="global"`` one ``s`` is shared
 by every unstructured layer (``named_parameters`` lists it once); low-rank matrices always have
-their own scalar ``s``.
+their own scalar ``s``. ``scope="filter"`` gives one ``s`` per output filter/row (shape ``(C_out, 1, ...)``)
+and ``scope="weight"`` one per weight (shape of ``W``), the paper's Algorithm 1 variants.
 
 :func:`remove_str` writes ``W <- W_eff`` into the original parameter (same tensor, so optimizer
 state keeps pointing at it), drops the parametrization and installs the mask engine's masks
@@ -34,7 +38,8 @@ from torch.utils.hooks import RemovableHandle
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.masks import MASK_SUFFIX, attach_masks, select_parameters, set_masks
 
-Scope = Literal["layer", "global"]
+Scope = Literal["layer", "global", "filter", "weight"]
+SCOPES = ("layer", "global", "filter", "weight")
 
 
 def soft_threshold(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -52,7 +57,7 @@ class SoftThreshold(nn.Module):
 
     def __init__(self, s: nn.Parameter) -> None:
         super().__init__()
-        self.s = s  # () or shared with other layers (scope="global")
+        self.s = s  # (), shared with other layers (scope="global"), (C_out, 1, ...) or W's shape
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return soft_threshold(weight, self.s)
@@ -77,9 +82,7 @@ class LowRankSoftThreshold(nn.Module):
     def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         u, sv, vh = torch.linalg.svd(weight.float(), full_matrices=False)  # (m, k), (k,), (k, n)
         r = self.keep.numel()
-        root = sv[:r].sqrt()
-        u, v = (u[:, :r] * root).to(weight.dtype), (vh[:r].T * root).to(weight.dtype)
-        return u, torch.ones(r, dtype=weight.dtype, device=weight.device), v
+        return u[:, :r].to(weight.dtype), sv[:r].to(weight.dtype), vh[:r].T.to(weight.dtype)
 
 
 def _owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
@@ -136,6 +139,17 @@ def str_targets(model: nn.Module) -> dict[str, SoftThreshold | LowRankSoftThresh
     return out
 
 
+def _threshold_shape(weight: torch.Tensor, scope: Scope) -> tuple[int, ...]:
+    """The shape of ``s``: one per output filter/row ``(C_out, 1, ...)``, one per weight, or a scalar."""
+    if scope == "filter":
+        return (weight.shape[0],) + (1,) * (weight.dim() - 1)
+    return tuple(weight.shape) if scope == "weight" else ()
+
+
+def _new_s(s_init: float, weight: torch.Tensor, shape: tuple[int, ...]) -> nn.Parameter:
+    return nn.Parameter(torch.full(shape, float(s_init), dtype=weight.dtype, device=weight.device))
+
+
 def apply_str(
     model: nn.Module,
     targets: Sequence[str],
@@ -149,15 +163,16 @@ def apply_str(
     Args:
         model: any module; targets are fully-qualified parameter names (``"net.rnn.weight_hh_l0"``).
         s_init: initial threshold logit; very negative means g(s) ~ 0, a dense start.
-        scope: ``"layer"`` (one scalar ``s`` per tensor, the paper's default) or ``"global"`` (one ``s``).
+        scope: ``"layer"`` (one scalar ``s`` per tensor, the paper's default), ``"global"`` (one ``s``),
+            ``"filter"`` (one per output filter/row) or ``"weight"`` (one per weight).
         lowrank: fnmatch patterns of 2-D targets that get structured low-rank STR instead.
         rank: number of singular directions kept by the low-rank factorization (default: full).
 
     Returns:
         ``{fqn: s}`` for every target.
     """
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     existing = str_targets(model)
     shared = next((p.s for p in existing.values() if isinstance(p, SoftThreshold)), None) if scope == "global" else None
     thresholds: dict[str, nn.Parameter] = {}
@@ -170,9 +185,6 @@ def apply_str(
         if parametrize.is_parametrized(module, local):
             raise ConfigError(f"{fqn} already has a parametrization ({type(module.parametrizations[local][0]).__name__}); STR cannot stack on it")
 
-        def new_s() -> nn.Parameter:
-            return nn.Parameter(torch.full((), float(s_init), dtype=weight.dtype, device=weight.device))
-
         if any(fnmatch.fnmatchcase(fqn, p) for p in lowrank):
             if weight.dim() != 2:
                 raise ConfigError(f"lowrank: {fqn} has shape {tuple(weight.shape)}; low-rank STR needs a 2-D weight")
@@ -180,19 +192,25 @@ def apply_str(
             r = full if rank is None else rank
             if not 1 <= r <= full:
                 raise ConfigError(f"rank must be in [1, {full}] for {fqn}, got {r}")
-            p: nn.Module = LowRankSoftThreshold(new_s(), r)
+            p: nn.Module = LowRankSoftThreshold(_new_s(s_init, weight, ()), r)
         else:
             if scope == "global":
-                shared = shared if shared is not None else new_s()
-            p = SoftThreshold(shared if scope == "global" else new_s())
+                shared = shared if shared is not None else _new_s(s_init, weight, ())
+            p = SoftThreshold(shared if scope == "global" else _new_s(s_init, weight, _threshold_shape(weight, scope)))
         parametrize.register_parametrization(module, local, p)
         thresholds[fqn] = p.s
     return thresholds
 
 
 def thresholds(model: nn.Module) -> dict[str, float]:
-    """Each STR tensor's threshold ``alpha = sigmoid(s)``."""
-    return {fqn: float(torch.sigmoid(p.s.detach())) for fqn, p in str_targets(model).items()}
+    """Each STR tensor's threshold ``alpha = sigmoid(s)`` (the mean over filters or weights with a non-scalar ``s``)."""
+    return {fqn: float(torch.sigmoid(p.s.detach()).mean()) for fqn, p in str_targets(model).items()}
+
+
+def _alive(model: nn.Module, fqn: str, p: LowRankSoftThreshold) -> torch.Tensor:
+    """Which singular directions of a low-rank STR tensor are nonzero (``keep`` applied): (r,) bool."""
+    module, local = _owner(model, fqn)
+    return p.keep & (soft_threshold(module.parametrizations[local].original1.detach(), p.s.detach()) != 0)
 
 
 @torch.no_grad()
@@ -202,8 +220,51 @@ def lowrank_rank(model: nn.Module, fqn: str) -> int:
     p = _str_module(module, local)
     if not isinstance(p, LowRankSoftThreshold):
         raise ValueError(f"{fqn} is not under low-rank STR")
-    sigma = module.parametrizations[local].original1
-    return int(torch.count_nonzero(p.keep & (soft_threshold(sigma, p.s) != 0)))
+    return int(_alive(model, fqn, p).sum())
+
+
+@torch.no_grad()
+def lowrank_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{fqn: (rank, r)}`` of each low-rank STR tensor: its current rank and its factorization's size."""
+    return {fqn: (int(_alive(model, fqn, p).sum()), p.keep.numel())
+            for fqn, p in str_targets(model).items() if isinstance(p, LowRankSoftThreshold)}
+
+
+S_FIXED = -30.0  # threshold logit of a fixed rank: g(S_FIXED) ~ 1e-13, so no kept direction can cross it
+
+
+@torch.no_grad()
+def fix_ranks(model: nn.Module, fraction: float | None = None) -> dict[str, int]:
+    """Fix the rank of every low-rank STR tensor for fine-tuning; returns ``{fqn: rank}``.
+
+    The threshold is folded into the singular values, ``sigma <- keep * S_alpha(sigma)`` and
+    ``s <- S_FIXED`` (frozen), so ``W_eff`` does not change and no kept direction can fall below the
+    threshold later. With ``fraction``, exactly ``max(1, round(fraction * r))`` directions stay, the
+    largest ``|sigma|``. Directions the controller had already pruned but that are among them come
+    back with ``|sigma| - alpha'``, ``alpha'`` midway between the last kept and the first dropped
+    ``|sigma|``; the directions alive before keep their values (moving the one threshold instead
+    would shift every kept singular value at once, which the MNIST-1D GRU did not survive).
+    """
+    ranks = {}
+    for fqn, p in str_targets(model).items():
+        if not isinstance(p, LowRankSoftThreshold):
+            continue
+        module, local = _owner(model, fqn)
+        sigma = module.parametrizations[local].original1  # (r,)
+        alpha = torch.sigmoid(p.s).expand_as(sigma)
+        if fraction is not None:
+            k = max(1, round(fraction * sigma.numel()))
+            mags, order = torch.sort(sigma.abs(), descending=True)
+            floor = (mags[k - 1] + mags[k]) / 2 if k < sigma.numel() else mags[k - 1] / 2
+            alpha = torch.where(sigma.abs() > alpha, alpha, torch.minimum(alpha, floor))  # revive, don't shift the rest
+            p.keep.zero_()
+            p.keep[order[:k]] = True
+        sigma.copy_(p.keep * torch.sign(sigma) * torch.relu(sigma.abs() - alpha))
+        p.keep &= sigma != 0
+        p.s.fill_(S_FIXED)
+        p.s.requires_grad_(False)
+        ranks[fqn] = int(p.keep.sum())
+    return ranks
 
 
 @torch.no_grad()
@@ -348,4 +409,22 @@ def export_str_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
             u, sigma, v = parts["original0"], parts["original1"], parts["original2"]
             keep = parts.get("0.keep", torch.ones_like(sigma, dtype=torch.bool))
             out[fqn] = (u * (keep * soft_threshold(sigma, s))) @ v.T
+    return out
+
+
+def export_lowrank_factors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The compact factors of every low-rank STR tensor in a state dict saved under STR: ``{fqn: (A, B)}``.
+
+    ``W_eff = A @ B.T`` with ``A = U[:, kept] * S_g(sigma, s)[kept]`` (m, k) and ``B = V[:, kept]`` (n, k),
+    k the rank: ``(m + n) k`` numbers instead of ``m n``.
+    """
+    out = {}
+    for key, s in state_dict.items():
+        head, sep, tail = key.rpartition(".0.s")
+        if tail or not sep or head + ".original1" not in state_dict:
+            continue
+        sigma = soft_threshold(state_dict[head + ".original1"], s)
+        kept = state_dict.get(head + ".0.keep", torch.ones_like(sigma, dtype=torch.bool)) & (sigma != 0)
+        fqn = head.replace("parametrizations.", "")
+        out[fqn] = (state_dict[head + ".original0"][:, kept] * sigma[kept], state_dict[head + ".original2"][:, kept])
     return out

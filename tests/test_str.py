@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import TinyNet
 from sparse_lightning import CNN1d, Classifier, ConfigError, MNIST1DDataModule, get_masks
-from sparse_lightning.callbacks.str import STR, DecayController, reference_sparsity
+from sparse_lightning.callbacks.str import STR
+from sparse_lightning.callbacks.str_control import DecayController, reference_sparsity
 from sparse_lightning.masks import attach_masks_from_state_dict, get_parameter
 from sparse_lightning.reparam import (
     LowRankSoftThreshold,
@@ -94,6 +95,24 @@ def test_global_scope_shares_one_threshold():
     assert len(names) == 1
     layer = apply_str(TinyNet(), TINY_TARGETS, scope="layer")
     assert len({id(s) for s in layer.values()}) == 4
+
+
+@pytest.mark.parametrize("scope, shape", [("filter", (8, 1, 1)), ("weight", (8, 1, 3))])
+def test_filter_and_weight_scopes_give_each_filter_or_weight_its_threshold(scope, shape):
+    """METHODS.md Sec. 3 variants: s of shape (C_out, 1, 1) or of W's shape, broadcast in the soft threshold."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(1, 8, 3)
+    dense = conv.weight.detach().clone()  # (8, 1, 3)
+    s = apply_str(conv, ["weight"], s_init=-3.0, scope=scope)["weight"]
+    assert s.shape == shape
+    with torch.no_grad():
+        s.copy_(torch.linspace(-4.0, 0.0, s.numel()).reshape(shape))  # a different threshold each
+    alpha = torch.sigmoid(s.detach())
+    torch.testing.assert_close(conv.weight, torch.sign(dense) * torch.relu(dense.abs() - alpha))
+    conv(torch.randn(2, 1, 5)).sum().backward()
+    assert s.grad.shape == shape and torch.count_nonzero(s.grad) > 1
+    masks = remove_str(conv)
+    assert torch.equal(masks["weight"], dense.abs() > alpha)
 
 
 def test_apply_is_idempotent_and_remove_writes_back_a_plain_pruned_model():
@@ -192,9 +211,10 @@ class ThresholdProbe(Callback):
         self.in_optimizer.append(all(id(p.s) in ids for p in str_targets(pl_module).values()))
 
 
-def test_thresholds_reach_the_optimizer_and_its_weight_decay(make_trainer):
+@pytest.mark.parametrize("scope", ["layer", "filter", "weight"])
+def test_thresholds_reach_the_optimizer_and_its_weight_decay(make_trainer, scope):
     model, probe = TinyNet("sgd"), ThresholdProbe()
-    make_trainer(max_steps=3, callbacks=[STR(s_init=-3.0), probe]).fit(model)
+    make_trainer(max_steps=3, callbacks=[STR(s_init=-3.0, scope=scope), probe]).fit(model)
     assert probe.in_optimizer == [True, True, True]
     assert not parametrize.is_parametrized(model.rnn) and set(get_masks(model)) == set(TINY_TARGETS)
 
@@ -203,7 +223,7 @@ def test_thresholds_reach_the_optimizer_and_its_weight_decay(make_trainer):
     "kwargs, message",
     [
         (dict(s_init=float("nan")), "s_init must be a finite number"),
-        (dict(scope="row"), "scope must be 'layer' or 'global', got 'row'"),
+        (dict(scope="row"), "scope must be one of layer, global, filter, weight, got 'row'"),
         (dict(target=1.0), r"target must be a number in \[0, 1\)"),
         (dict(finetune_steps=1.5), "finetune_steps as a float is a fraction"),
         (dict(finetune_steps=-3), "finetune_steps must be >= 0"),

@@ -22,6 +22,13 @@ loss gradient on ``s`` balances any bounded decay: the MNIST-1D CNN stopped near
 98%), so once ``lambda_s`` is at its maximum the excess decays the STR weights ``W`` too (split
 range). When the masks are fixed, all thresholds are scaled by one common factor so the global
 sparsity is exactly ``target`` (learned per-layer budgets kept in proportion). See docs/str.md.
+
+``target_rank``: the same controller, a second instance, for the low-rank tensors: it decays their
+``s`` and then their singular values ``sigma`` until the fraction of singular directions kept
+follows the ramp to ``target_rank``; the rank fix keeps exactly that fraction of each tensor.
+
+Under DDP the model is wrapped anew when the masks are fixed (the thresholds leave the graph there),
+so plain ``ddp``/``ddp_spawn`` works; no ``find_unused_parameters`` is needed.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -37,83 +44,46 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from sparse_lightning.callbacks.str_control import (
+    RAMP,
+    SIGMA_DECAY,
+    DecayController,
+    decay,
+    reference_sparsity,
+    split_decay,
+)
 from sparse_lightning.criteria import check_sparsity
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.masks import apply_masks, broadcast_masks, get_masks, get_parameter, mask_gradients, set_masks
 from sparse_lightning.reparam import (
+    SCOPES,
     LowRankSoftThreshold,
     SoftThreshold,
     apply_str,
     calibrate_scale,
+    fix_ranks,
+    lowrank_counts,
     lowrank_rank,
     prunable_targets,
     register_state_switch,
     remove_str,
-    soft_threshold,
     str_targets,
     unstructured_counts,
 )
 from sparse_lightning.schedules import resolve_step
 
-# Controller constants (per optimizer step): integral and proportional gains on the log-density
-# error and the lead (steps) by which the density trend is extrapolated. The control variable
-# u = log(lambda) spans the decay of s over S_DECAY, then (split range) the decay of W over W_DECAY.
-# The reference ramps over RAMP = (start, end), fractions of the STR phase (GMP's default window
-# is 10%..60% of the run), and holds the target for the rest of the phase.
-KI, KP, LEAD = 0.05, 2.0, 30.0
-S_DECAY = (1e-6, 0.1)
-W_DECAY = (1e-3, 0.1)
-RAMP = (0.1, 0.7)
-_U_LOW = math.log(S_DECAY[0])
-_U_SPLIT = math.log(S_DECAY[1])
-_U_HIGH = _U_SPLIT + math.log(W_DECAY[1] / W_DECAY[0])
+def rewrap_ddp(trainer: pl.Trainer) -> None:
+    """Wrap the model in a fresh ``DistributedDataParallel`` after parameters left the graph (Lightning's own wrapping).
 
-
-def reference_sparsity(step: int, target: float, ramp_start: int, ramp_end: int) -> float:
-    """Zhu & Gupta's cubic ramp: 0 before ``ramp_start``, ``target * (1 - (1 - (t - t0) / (t1 - t0))^3)``, then ``target``."""
-    if step >= ramp_end:
-        return target
-    if step <= ramp_start:
-        return 0.0
-    return target * (1.0 - (1.0 - (step - ramp_start) / (ramp_end - ramp_start)) ** 3)
-
-
-def split_decay(u: float) -> tuple[float, float]:
-    """``(decay of s, decay of W)`` for the control variable ``u``: s first, W once s's decay is at its maximum."""
-    if u <= _U_SPLIT:
-        return math.exp(u), 0.0
-    return S_DECAY[1], W_DECAY[0] * math.exp(u - _U_SPLIT)
-
-
-@dataclass(frozen=True)
-class DecayController:
-    """PI control with lead of ``u = log lambda``: ``e = log(density / density_ref) + LEAD * trend``,
-    ``I <- clip(I + KI e)``, ``u = clip(I + KP e)``, decays ``split_decay(u)``.
-
-    Working on log density weighs a 0.5-point miss at 98% like a 2.5-point miss at 90%; the lead
-    (an exponential average of the per-step change of log density) stops the decay from growing
-    while the sparsity is already catching up, which limits the overshoot that pruning cannot undo.
-    Decaying ``s`` alone keeps the weights intact (best accuracy, measured) but stalls at high
-    targets, where the loss gradient on ``s`` balances any bounded decay; the split range then also
-    shrinks ``W``, as STR's own weight decay does.
+    DDP's reducer expects a gradient for every parameter that required one when it was built; the
+    thresholds removed (or frozen) at the mask fix would otherwise need ``find_unused_parameters``.
     """
+    from pytorch_lightning.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
 
-    integral: float = math.log(1e-4)
-    trend: float = 0.0
-    log_density: float | None = None
-    u: float = math.log(1e-4)
-
-    def update(self, reference: float, sparsity: float) -> DecayController:
-        log_density = math.log(max(1.0 - sparsity, 1e-6))
-        trend = self.trend if self.log_density is None else 0.9 * self.trend + 0.1 * (log_density - self.log_density)
-        error = log_density - math.log(max(1.0 - reference, 1e-6)) + LEAD * trend
-        integral = min(_U_HIGH, max(_U_LOW, self.integral + KI * error))
-        u = min(_U_HIGH, max(_U_LOW, integral + KP * error))
-        return DecayController(integral, trend, log_density, u)
-
-    @property
-    def decays(self) -> tuple[float, float]:
-        return split_decay(self.u)
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy._setup_model(strategy.lightning_module)
 
 
 class STR(pl.Callback):
@@ -126,41 +96,52 @@ class STR(pl.Callback):
 
     Args:
         s_init: initial threshold logit; ``sigmoid(s_init) ~ 0`` starts dense. More negative: less sparsity.
-        scope: ``"layer"`` (one ``s`` per weight tensor, the paper's default) or ``"global"`` (one ``s``).
+        scope: ``"layer"`` (one ``s`` per weight tensor, the paper's default), ``"global"`` (one ``s``),
+            ``"filter"`` (one per output filter/row) or ``"weight"`` (one per weight); low-rank tensors
+            always have one scalar ``s``.
         target: global sparsity in [0, 1) to reach (controller, then exact at the mask fix), or None
             for the official behaviour (sparsity set by weight decay and ``s_init``).
         finetune_steps: the last optimizer steps (int) or fraction of the run (float in [0, 1]) trained
             with the masks fixed; 0 keeps STR to the end.
         lowrank: fnmatch patterns of 2-D weights (RNN/GRU matrices) that get structured low-rank STR.
         rank: singular directions kept by the low-rank factorization (None: full rank).
+        target_rank: fraction in (0, 1] of each low-rank tensor's ``rank`` to keep (controller, then
+            exact at the rank fix), or None (rank set by weight decay and ``s_init``).
         include, exclude: fnmatch patterns on parameter names.
     """
 
     def __init__(
         self,
         s_init: float = -5.0,
-        scope: Literal["layer", "global"] = "layer",
+        scope: Literal["layer", "global", "filter", "weight"] = "layer",
         target: float | None = None,
         finetune_steps: int | float = 0,
         lowrank: Sequence[str] = (),
         rank: int | None = None,
+        target_rank: float | None = None,
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
     ) -> None:
         if isinstance(s_init, bool) or not isinstance(s_init, (int, float)) or not math.isfinite(s_init):
             raise ConfigError(f"s_init must be a finite number, got {s_init!r}")
-        if scope not in ("layer", "global"):
-            raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if scope not in SCOPES:
+            raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         if target is not None:
             check_sparsity(target, "target")
         resolve_step(finetune_steps, 1, "finetune_steps")  # type and range only; the run length comes later
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ConfigError(f"rank must be an integer >= 1 or null, got {rank!r}")
+        if target_rank is not None and (isinstance(target_rank, bool) or not isinstance(target_rank, (int, float))
+                                        or not 0 < target_rank <= 1):
+            raise ConfigError(f"target_rank must be a fraction in (0, 1] or null, got {target_rank!r}")
+        if target_rank is not None and not lowrank:
+            raise ConfigError("target_rank needs low-rank tensors: set lowrank (fnmatch patterns of 2-D weights)")
         for name, value in (("lowrank", lowrank), ("include", include), ("exclude", exclude)):
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name} must be a list of fnmatch patterns, got {value!r}")
         self.s_init, self.scope, self.target = float(s_init), scope, None if target is None else float(target)
         self.finetune_steps, self.lowrank, self.rank = finetune_steps, tuple(lowrank), rank
+        self.target_rank = None if target_rank is None else float(target_rank)
         self.include, self.exclude = tuple(include), tuple(exclude)
         self._targets: list[str] = []
         self._fix_step: int | None = None
@@ -170,7 +151,9 @@ class STR(pl.Callback):
         self.phase: Literal["str", "finetune", "done"] = "str"
         self.fixed_at_step: int | None = None
         self.controller = DecayController()
+        self.rank_controller = DecayController()
         self.sparsity_before_fix: float | None = None
+        self.ranks: dict[str, int] = {}
 
     @property
     def targets(self) -> list[str]:
@@ -191,23 +174,10 @@ class STR(pl.Callback):
                 f"no prunable weights in {type(pl_module).__name__} (include={list(self.include)}, "
                 f"exclude={list(self.exclude)}); prunable layers are Linear, Conv, RNN/LSTM/GRU and Embedding"
             )
-        self._check_strategy(trainer)
         if self.phase == "str":
             apply_str(pl_module, self._targets, self.s_init, self.scope, self.lowrank, self.rank)
         if self._hook is None:
             self._hook = register_state_switch(pl_module)
-
-    def _check_strategy(self, trainer: pl.Trainer | None) -> None:
-        from pytorch_lightning.strategies import DDPStrategy
-
-        if trainer is None:
-            return
-        kwargs = getattr(trainer.strategy, "_ddp_kwargs", {}) if isinstance(trainer.strategy, DDPStrategy) else {}
-        if isinstance(trainer.strategy, DDPStrategy) and self.finetune_steps and not kwargs.get("find_unused_parameters"):
-            raise ConfigError(
-                "STR with finetune_steps > 0 under DDP removes the thresholds s mid-run: use "
-                "strategy=ddp_find_unused_parameters_true (or finetune_steps=0)"
-            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -220,16 +190,11 @@ class STR(pl.Callback):
         self._ramp = (int(RAMP[0] * str_end), int(RAMP[1] * str_end)) if math.isfinite(str_end) else (0, 0)
         if self.target is not None and not math.isfinite(str_end):
             raise ConfigError("STR(target=...) needs a run of finite length (trainer.max_steps or max_epochs)")
-        if self.phase == "finetune":  # resumed after the switch: the low-rank thresholds stay frozen
-            self._freeze_lowrank(pl_module)
-
-    def _freeze_lowrank(self, pl_module: pl.LightningModule) -> None:
-        for fqn, p in str_targets(pl_module).items():
-            if isinstance(p, LowRankSoftThreshold):
-                module_name, _, local = fqn.rpartition(".")
-                sigma = pl_module.get_submodule(module_name).parametrizations[local].original1
-                p.keep &= soft_threshold(sigma.detach(), p.s.detach()) != 0
-                p.s.requires_grad_(False)
+        if self.phase == "finetune":  # resumed after the switch: the ranks (``keep``, ``s``) stay fixed
+            for s in self._lowrank_tensors(pl_module)[0]:
+                s.requires_grad_(False)
+        if self.target_rank is not None and not lowrank_counts(pl_module):
+            raise ConfigError(f"target_rank is set but no weight matches lowrank={list(self.lowrank)}")
 
     def _fix_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Remove unstructured STR (threshold calibrated to ``target``), install masks, freeze the ranks."""
@@ -238,7 +203,8 @@ class STR(pl.Callback):
         masks = remove_str(pl_module, trainer.optimizers, scale=scale, structured=False)
         if masks:  # rank 0's masks on every rank (computed from identical weights; removes any doubt)
             set_masks(pl_module, broadcast_masks(masks, src=0), trainer.optimizers)
-        self._freeze_lowrank(pl_module)
+        self.ranks = fix_ranks(pl_module, self.target_rank)
+        rewrap_ddp(trainer)
 
     # ------------------------------------------------------------------ training hooks
 
@@ -257,16 +223,15 @@ class STR(pl.Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if self.phase == "finetune":
             mask_gradients(pl_module)
-        elif self.target is not None:
+            return
+        if self.target is not None:
             reference = reference_sparsity(trainer.global_step, self.target, *self._ramp)
             self.controller = self.controller.update(reference, self._str_sparsity(pl_module))
-            decay_s, decay_w = self.controller.decays
-            with torch.no_grad():  # decoupled decay (as AdamW's): the same for any optimizer
-                for s in self._thresholds(pl_module):
-                    s.mul_(1.0 - decay_s)
-                if decay_w:
-                    for w in self._weights(pl_module):
-                        w.mul_(1.0 - decay_w)
+            decay(self._thresholds(pl_module), self._weights(pl_module), *self.controller.decays)
+        if self.target_rank is not None:
+            reference = reference_sparsity(trainer.global_step, 1.0 - self.target_rank, *self._ramp)
+            self.rank_controller = self.rank_controller.update(reference, self._rank_sparsity(pl_module))
+            decay(*self._lowrank_tensors(pl_module), *split_decay(self.rank_controller.u, SIGMA_DECAY))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -282,10 +247,13 @@ class STR(pl.Callback):
         if self.phase == "str":
             self.sparsity_before_fix = self._str_sparsity(pl_module)
             scale = calibrate_scale(pl_module, self.target) if self.target is not None else 1.0
+            self.ranks = fix_ranks(pl_module, self.target_rank)
             remove_str(pl_module, trainer.optimizers, scale=scale)
         else:
             remove_str(pl_module, trainer.optimizers)
         self.phase = "done"
+        if self.ranks:  # the dense rank-r products are written back; their rank is what the factors had
+            rank_zero_info("STR: low-rank tensors written back at rank " + ", ".join(f"{k}: {v}" for k, v in self.ranks.items()))
         self._log(trainer, pl_module, {k: v for k, v in learned.items() if k.startswith(("str/threshold/", "str/rank/"))})
 
     @override
@@ -309,6 +277,17 @@ class STR(pl.Callback):
                 out.append(pl_module.get_submodule(module_name).parametrizations[local].original)
         return out
 
+    def _lowrank_tensors(self, pl_module: pl.LightningModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The thresholds ``s`` and singular values ``sigma`` of the low-rank STR tensors."""
+        pairs = [(p.s, pl_module.get_submodule(fqn.rpartition(".")[0]).parametrizations[fqn.rpartition(".")[2]].original1)
+                 for fqn, p in str_targets(pl_module).items() if isinstance(p, LowRankSoftThreshold)]
+        return [s for s, _ in pairs], [sigma for _, sigma in pairs]
+
+    def _rank_sparsity(self, pl_module: pl.LightningModule) -> float:
+        """The fraction of singular directions pruned over all low-rank tensors."""
+        counts = lowrank_counts(pl_module).values()
+        return 1.0 - sum(k for k, _ in counts) / max(1, sum(r for _, r in counts))
+
     def _str_sparsity(self, pl_module: pl.LightningModule) -> float:
         counts = unstructured_counts(pl_module).values()
         numel = sum(n for _, n in counts)
@@ -329,7 +308,7 @@ class STR(pl.Callback):
         for fqn in self._targets:
             p = under.get(fqn)
             if p is not None:
-                out[f"str/threshold/{fqn}"] = float(torch.sigmoid(p.s))
+                out[f"str/threshold/{fqn}"] = float(torch.sigmoid(p.s).mean())  # mean over filters/weights
             if any(fnmatch.fnmatchcase(fqn, pattern) for pattern in self.lowrank):
                 if isinstance(p, LowRankSoftThreshold):
                     out[f"str/rank/{fqn}"] = float(lowrank_rank(pl_module, fqn))
@@ -342,6 +321,8 @@ class STR(pl.Callback):
             out["str/sparsity"] = 1.0 - nnz / numel
         if self.target is not None and self.phase == "str":
             out["str/decay_s"], out["str/decay_w"] = self.controller.decays
+        if self.target_rank is not None and self.phase == "str":
+            out["str/rank_decay_s"], out["str/rank_decay_sigma"] = split_decay(self.rank_controller.u, SIGMA_DECAY)
         return out
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, extra: dict[str, float] | None = None) -> None:
@@ -357,6 +338,7 @@ class STR(pl.Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "fixed_at_step": self.fixed_at_step, "controller": asdict(self.controller),
+                "rank_controller": asdict(self.rank_controller), "ranks": dict(self.ranks),
                 "sparsity_before_fix": self.sparsity_before_fix, "target": self.target, "s_init": self.s_init,
                 "scope": self.scope}
 
@@ -369,4 +351,6 @@ class STR(pl.Callback):
         self.phase = state_dict["phase"]
         self.fixed_at_step = state_dict["fixed_at_step"]
         self.controller = DecayController(**state_dict["controller"])
+        self.rank_controller = DecayController(**state_dict.get("rank_controller", {}))
+        self.ranks = dict(state_dict.get("ranks", {}))
         self.sparsity_before_fix = state_dict["sparsity_before_fix"]

@@ -3,6 +3,7 @@
     sparse-tune                                    # STR, MNIST-1D CNN: weight decay x s_init, best at >= 90%
     sparse-tune tune=str_pareto                    # accuracy-vs-sparsity front of STR
     sparse-tune tune=gmp tune.min_sparsity=0.95    # GMP: weight decay x target
+    sparse-tune tune=str_target                    # STR: bisect the weight decay toward 90% sparsity
     sparse-tune tune.space.s_init.low=-20          # widen a range of the search space
     sparse-tune model=gru tune.num_samples=16      # any sparse-train override
     sparse-tune tune.address=auto                  # join a running Ray cluster instead of a local one
@@ -57,7 +58,9 @@ def _run(cfg: DictConfig) -> float | None:
     if result.rows:
         print(markdown_table(result.rows, list(result.rows[0])))
     if result.best is None:
-        print(f"sparse-tune: no trial reached tune.min_sparsity={cfg.tune.min_sparsity}; see {result.files['csv']}")
+        wanted = (f"within tune.tolerance={cfg.tune.tolerance} of tune.target_sparsity={cfg.tune.target_sparsity}"
+                  if cfg.tune.objective == "target" else f"tune.min_sparsity={cfg.tune.min_sparsity}")
+        print(f"sparse-tune: no trial reached {wanted}; see {result.files['csv']}")
         return None
     shown = {k: v for k, v in result.best.items() if k not in ("status", "pareto")}
     print("best configuration: " + ", ".join(f"{k}={v}" for k, v in shown.items()))

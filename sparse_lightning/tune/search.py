@@ -13,6 +13,7 @@ and ``pareto.png`` (accuracy vs sparsity, the Pareto front marked).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -20,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -40,8 +42,11 @@ class TuneSettings:
 
     name: str = "search"
     num_samples: int = 8
-    objective: Literal["min_sparsity", "pareto"] = "min_sparsity"
+    objective: Literal["min_sparsity", "pareto", "target"] = "min_sparsity"
     min_sparsity: float = 0.9
+    target_sparsity: float = 0.9
+    tolerance: float = 0.01
+    rounds: int = 3
     metric: str = "val/acc"
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1
@@ -69,7 +74,7 @@ class TuneSettings:
         return settings
 
     def check(self) -> None:
-        for key in ("num_samples", "grace_period", "reduction_factor", "max_concurrent", "cpus_per_trial"):
+        for key in ("num_samples", "grace_period", "reduction_factor", "max_concurrent", "cpus_per_trial", "rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tune.{key}: must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.min_sparsity < 1.0:
@@ -79,6 +84,8 @@ class TuneSettings:
                               "Pareto front; use tune.scheduler=fifo with tune.objective=pareto")
         if not self.space:
             raise ConfigError("tune.space: empty; give at least one {path, type, ...} entry")
+        if self.objective == "target":
+            self._check_target()
         for name, spec in self.space.items():
             kind = spec.get("type") if isinstance(spec, dict) else None
             if kind not in SAMPLERS:
@@ -91,6 +98,16 @@ class TuneSettings:
                 raise ConfigError(f"tune.space.{name}: unknown keys {sorted(extra)}; allowed: path, type, "
                                   f"{', '.join(SAMPLERS[kind])}")
 
+    def _check_target(self) -> None:
+        if self.scheduler != "fifo":
+            raise ConfigError("tune.scheduler: objective=target judges each trial's final sparsity; use tune.scheduler=fifo")
+        if not 0.0 < self.target_sparsity < 1.0 or not 0.0 < self.tolerance < 1.0:
+            raise ConfigError(f"tune.target_sparsity, tune.tolerance: must be in (0, 1), got "
+                              f"{self.target_sparsity}, {self.tolerance}")
+        kinds = [spec.get("type") for spec in self.space.values()]
+        if kinds != ["loguniform"]:
+            raise ConfigError(f"tune.space: objective=target bisects one loguniform entry (e.g. the weight decay), got {kinds}")
+
     def paths(self, name: str) -> list[str]:
         """The dotted train-config paths a searched value is written to (one or several)."""
         path = self.space[name]["path"]
@@ -98,7 +115,8 @@ class TuneSettings:
 
 
 _HINTS = {
-    "name": str, "num_samples": int, "objective": Literal["min_sparsity", "pareto"], "min_sparsity": float,
+    "name": str, "num_samples": int, "objective": Literal["min_sparsity", "pareto", "target"], "min_sparsity": float,
+    "target_sparsity": float, "tolerance": float, "rounds": int,
     "metric": str, "scheduler": Literal["asha", "fifo"], "grace_period": int, "reduction_factor": int,
     "max_concurrent": int, "cpus_per_trial": int, "num_cpus": int | None, "address": str | None,
     "storage": str | None, "seed": int, "space": dict,
@@ -151,8 +169,9 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], settings: TuneSet
             set_path(cfg, path, value)
     cfg.setdefault("callbacks", {})
     cfg["callbacks"]["progress"] = None  # no live progress bars in worker logs
+    mode = "pareto" if settings.objective == "target" else settings.objective  # target: the driver judges the trials
     cfg["callbacks"]["tune_report"] = {"_target_": "sparse_lightning.tune.report.TuneReport", "metric": settings.metric,
-                                       "mode": settings.objective, "min_sparsity": settings.min_sparsity}
+                                       "mode": mode, "min_sparsity": settings.min_sparsity}
     if isinstance(cfg["callbacks"].get("monitor"), dict):
         cfg["callbacks"]["monitor"]["print_table"] = False
     logger = cfg.get("logger")
@@ -222,8 +241,12 @@ def collect_rows(results: Any, settings: TuneSettings) -> list[dict[str, Any]]:
 
 
 def choose_best(rows: list[dict[str, Any]], settings: TuneSettings) -> dict[str, Any] | None:
-    """The most accurate trial at ``sparsity >= min_sparsity`` (``min_sparsity`` mode), else the top objective."""
+    """The most accurate trial at ``sparsity >= min_sparsity`` (``min_sparsity`` mode), within ``tolerance`` of
+    ``target_sparsity`` (``target`` mode), else the top objective."""
     ok = [r for r in rows if r["status"] == "ok" and not math.isnan(r["objective"])]
+    if settings.objective == "target":
+        meeting = [r for r in ok if abs(r["sparsity"] - settings.target_sparsity) <= settings.tolerance]
+        return max(meeting, key=lambda r: r[settings.metric]) if meeting else None
     if settings.objective == "min_sparsity":
         meeting = [r for r in ok if r["sparsity"] >= settings.min_sparsity]
         return max(meeting, key=lambda r: r[settings.metric]) if meeting else None
@@ -293,21 +316,21 @@ def plot_pareto(rows: list[dict[str, Any]], front: list[int], best: dict[str, An
 # --------------------------------------------------------------------------- driver
 
 
-def run_search(cfg: DictConfig, output_dir: str | Path) -> SearchResult:
-    """Run the search ``cfg`` (a composed ``conf/tune.yaml``) and write its outputs under ``output_dir``."""
+def prepare(cfg: DictConfig, output_dir: str | Path) -> tuple[TuneSettings, dict[str, Any], Path]:
+    """The search settings, the validated plain train config and the output directory of a composed tune config."""
     settings = TuneSettings.from_config(cfg.get("tune"))
     base = resolve_train_config(cfg)
     for name in settings.space:
         for path in settings.paths(name):
             get_path(base, path)
-    epochs = base["trainer"].get("max_epochs") or 1
-    out = Path(output_dir).resolve()
+    return settings, base, Path(output_dir).resolve()
 
+
+@contextlib.contextmanager
+def ray_session(settings: TuneSettings) -> Iterator[None]:
+    """Local Ray (or ``settings.address``) for the duration of a search, unless one is running already."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -317,25 +340,49 @@ def run_search(cfg: DictConfig, output_dir: str | Path) -> SearchResult:
             ray.init(num_cpus=settings.num_cpus or os.cpu_count(), include_dashboard=False,
                      _temp_dir=tempfile.mkdtemp(prefix="ray"), log_to_driver=False)
     try:
-        group = f"{settings.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=base, settings=asdict(settings), group=group),
-            {"cpu": settings.cpus_per_trial})
-        # stop_last_trials=False: a trial that reaches the last rung finishes train() (test, checkpoint, wandb)
-        scheduler = (ASHAScheduler(max_t=max(int(epochs), 1), grace_period=settings.grace_period,
-                                   reduction_factor=settings.reduction_factor, stop_last_trials=False)
-                     if settings.scheduler == "asha" else None)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={name: sampler(spec) for name, spec in settings.space.items()},
-            tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler,
-                                        num_samples=settings.num_samples, trial_dirname_creator=trial_dirname,
-                                        search_alg=BasicVariantGenerator(random_state=settings.seed,
-                                                                         max_concurrent=settings.max_concurrent)),
-            run_config=tune.RunConfig(name=group, storage_path=settings.storage or str(out / "ray"), verbose=0),
-        )
-        results = tuner.fit()
+        yield
     finally:
         if started_here:
             ray.shutdown()
-    return write_outputs(collect_rows(results, settings), settings, out)
+
+
+def fit_trials(settings: TuneSettings, base: dict[str, Any], param_space: dict[str, Any], out: Path,
+               group: str) -> list[dict[str, Any]]:
+    """One Ray Tune run of ``train(cfg)`` trials over ``param_space``; returns the table rows."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    epochs = base["trainer"].get("max_epochs") or 1
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, settings=asdict(settings), group=group),
+        {"cpu": settings.cpus_per_trial})
+    # stop_last_trials=False: a trial that reaches the last rung finishes train() (test, checkpoint, wandb)
+    scheduler = (ASHAScheduler(max_t=max(int(epochs), 1), grace_period=settings.grace_period,
+                               reduction_factor=settings.reduction_factor, stop_last_trials=False)
+                 if settings.scheduler == "asha" else None)
+    num_samples = 1 if settings.objective == "target" else settings.num_samples  # target: a grid per round
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler,
+                                    num_samples=num_samples, trial_dirname_creator=trial_dirname,
+                                    search_alg=BasicVariantGenerator(random_state=settings.seed,
+                                                                     max_concurrent=settings.max_concurrent)),
+        run_config=tune.RunConfig(name=group, storage_path=settings.storage or str(out / "ray"), verbose=0),
+    )
+    return collect_rows(tuner.fit(), settings)
+
+
+def run_search(cfg: DictConfig, output_dir: str | Path) -> SearchResult:
+    """Run the search ``cfg`` (a composed ``conf/tune.yaml``) and write its outputs under ``output_dir``."""
+    settings, base, out = prepare(cfg, output_dir)
+    if settings.objective == "target":
+        from sparse_lightning.tune.bisect import run_bisection
+
+        with ray_session(settings):
+            return write_outputs(run_bisection(settings, base, out), settings, out)
+    with ray_session(settings):
+        group = f"{settings.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        rows = fit_trials(settings, base, {name: sampler(spec) for name, spec in settings.space.items()}, out, group)
+    return write_outputs(rows, settings, out)
