@@ -54,7 +54,7 @@ from sparse_lightning.callbacks.str_control import (
 )
 from sparse_lightning.criteria import check_sparsity
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.masks import apply_masks, broadcast_masks, get_masks, get_parameter, mask_gradients, set_masks
+from sparse_lightning.masks import MaskedStep, broadcast_masks, get_masks, get_parameter, set_masks
 from sparse_lightning.reparam import (
     SCOPES,
     LowRankSoftThreshold,
@@ -147,6 +147,7 @@ class STR(pl.Callback):
         self._fix_step: int | None = None
         self._ramp = (0, 0)
         self._hook = None
+        self._step: MaskedStep | None = None  # the fine-tune phase's per-step masking, prepared once
         self._last_logged = -1
         self.phase: Literal["str", "finetune", "done"] = "str"
         self.fixed_at_step: int | None = None
@@ -196,6 +197,11 @@ class STR(pl.Callback):
         if self.target_rank is not None and not lowrank_counts(pl_module):
             raise ConfigError(f"target_rank is set but no weight matches lowrank={list(self.lowrank)}")
 
+    def _masked(self, pl_module: pl.LightningModule) -> MaskedStep:
+        if self._step is None or self._step.stale():
+            self._step = MaskedStep(pl_module)
+        return self._step
+
     def _fix_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Remove unstructured STR (threshold calibrated to ``target``), install masks, freeze the ranks."""
         self.sparsity_before_fix = self._str_sparsity(pl_module)
@@ -204,6 +210,7 @@ class STR(pl.Callback):
         if masks:  # rank 0's masks on every rank (computed from identical weights; removes any doubt)
             set_masks(pl_module, broadcast_masks(masks, src=0), trainer.optimizers)
         self.ranks = fix_ranks(pl_module, self.target_rank)
+        self._step = None  # new mask buffers
         rewrap_ddp(trainer)
 
     # ------------------------------------------------------------------ training hooks
@@ -222,7 +229,7 @@ class STR(pl.Callback):
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if self.phase == "finetune":
-            mask_gradients(pl_module)
+            self._masked(pl_module).mask_gradients()
             return
         if self.target is not None:
             reference = reference_sparsity(trainer.global_step, self.target, *self._ramp)
@@ -236,7 +243,7 @@ class STR(pl.Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.phase == "finetune":
-            apply_masks(pl_module)
+            self._masked(pl_module).apply()
         step = trainer.global_step
         if step != self._last_logged and step % max(1, trainer.log_every_n_steps) == 0:
             self._log(trainer, pl_module)
