@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,9 +28,20 @@ CONFIG_NAME = "train"
 EXIT_CONFIG = 2
 
 
-def fail(message: str) -> None:
-    print(f"sparse-train: error: {message}", file=sys.stderr)
+def fail(message: str, prog: str = "sparse-train") -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
+
+
+def checked_main(prog: str, check: Callable[[list[str]], None], run: Callable[[], object]) -> None:
+    """Pre-check a single run's overrides (a config error: one line, exit 2), then hand over to Hydra's ``run``."""
+    overrides = _overrides(sys.argv[1:])
+    if overrides is not None:
+        try:
+            check(overrides)
+        except ConfigError as exc:
+            fail(str(exc), prog)
+    run()
 
 
 def _overrides(argv: list[str]) -> list[str] | None:
@@ -87,13 +99,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    overrides = _overrides(sys.argv[1:])
-    if overrides is not None:
-        try:
-            precheck(overrides)
-        except ConfigError as exc:
-            fail(str(exc))
-    _run()
+    checked_main("sparse-train", precheck, _run)
 
 
 if __name__ == "__main__":

@@ -15,22 +15,20 @@ own directory under ``<run dir>/ray/``, logging to wandb offline, grouped per se
 
 from __future__ import annotations
 
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from sparse_lightning.cli.train import _overrides, compose_config
+from sparse_lightning.cli import train as train_cli
+from sparse_lightning.cli.train import compose_config
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.resources import config_dir
 
 CONFIG_NAME = "tune"
-EXIT_CONFIG = 2
 
 
 def fail(message: str) -> None:
-    print(f"sparse-tune: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG)
+    train_cli.fail(message, "sparse-tune")
 
 
 def precheck(overrides: list[str]) -> None:
@@ -69,13 +67,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    overrides = _overrides(sys.argv[1:])
-    if overrides is not None:
-        try:
-            precheck(overrides)
-        except ConfigError as exc:
-            fail(str(exc))
-    _run()
+    train_cli.checked_main("sparse-tune", precheck, _run)
 
 
 if __name__ == "__main__":
