@@ -54,6 +54,14 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     assert out.stderr.strip() == "sparse-train: error: sparsity: target must be a number in [0, 1), got 1.2"
 
 
+def test_sparse_tune_real_process_fails_with_one_line_before_ray_starts(tmp_path):
+    exe = Path(sys.executable).with_name("sparse-tune")
+    out = subprocess.run([str(exe), "tune.num_samples=-3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "sparse-tune: error: tune.num_samples: must be >= 1, got -3"
+    assert not any(tmp_path.iterdir()), "nothing may run"
+
+
 def test_wandb_offline_run_holds_sparsity_and_accuracy(tmp_path, monkeypatch, data_cache):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_DIR", raising=False)
