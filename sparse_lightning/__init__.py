@@ -10,6 +10,7 @@ from sparse_lightning.callbacks import (
     IterativePruning,
     MagnitudePruning,
     MaskedPruningCallback,
+    RandomState,
     SparsityMonitor,
 )
 from sparse_lightning.callbacks.deprune import DEPrune
@@ -69,6 +70,7 @@ __all__ = [
     "STR",
     "SparseConv2d",
     "SparseLinear",
+    "RandomState",
     "SparsityMonitor",
     "SyntheticDataModule",
     "apply_masks",

@@ -38,12 +38,12 @@ def build_layers(name: str, input_shape: Sequence[int] | None = None) -> tuple[n
     if name == "baselines":
         from sparse_lightning.kernels.benchmark import CONV_LAYERS
 
-        net = nn.ModuleDict({l.name.replace(".", "_"): nn.Conv2d(l.cin, l.cout, l.k, l.stride, l.pad, bias=False)
-                             for l in CONV_LAYERS})
+        net = nn.ModuleDict({layer.name.replace(".", "_"): nn.Conv2d(layer.cin, layer.cout, layer.k, layer.stride, layer.pad, bias=False)
+                             for layer in CONV_LAYERS})
         shapes = {}
-        for l in CONV_LAYERS:
-            out = (l.hw + 2 * l.pad - l.k) // l.stride + 1
-            shapes[l.name.replace(".", "_")] = ((1, l.cin, l.hw, l.hw), (1, l.cout, out, out))
+        for layer in CONV_LAYERS:
+            out = (layer.hw + 2 * layer.pad - layer.k) // layer.stride + 1
+            shapes[layer.name.replace(".", "_")] = ((1, layer.cin, layer.hw, layer.hw), (1, layer.cout, out, out))
         return net, shapes
     if name not in DEFAULT_INPUT:
         raise ConfigError(f"--model: unknown {name!r}; choose one of {', '.join(MODELS)}")

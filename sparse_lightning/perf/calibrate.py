@@ -107,7 +107,7 @@ def _calibrate_cpu(quick: bool) -> tuple[float, float, list[dict], float, dict]:
 def _calibrate_cuda(quick: bool) -> tuple[float, float, list[dict], float, dict]:
     from sparse_lightning.kernels import benchmark as bm
 
-    layers = [(l.cin, l.cout, l.k, l.hw) for l in bm.CONV_LAYERS if l.stride == 1]
+    layers = [(c.cin, c.cout, c.k, c.hw) for c in bm.CONV_LAYERS if c.stride == 1]
     layers = layers[:2] if quick else layers
     torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = True, True
     rows = _conv_rates(layers, 32, "cuda", bm.graph_time)
