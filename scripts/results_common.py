@@ -52,16 +52,24 @@ def compose_cfg(overrides: Sequence[str], output_dir: Path):
         return compose("train", overrides=[f"output_dir={output_dir}", *QUIET, *overrides])
 
 
+def run_dir(name: str, force: bool) -> tuple[Path, dict | None]:
+    """``outputs/results/<name>`` (created) and its cached metrics, or None when missing or ``force``."""
+    out = OUT / name
+    done = out / "metrics.json"
+    if done.exists() and not force:
+        return out, json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    return out, None
+
+
 def _run_one(name: str, overrides: list[str], force: bool) -> dict:
     """Worker: one ``train(cfg)`` with its output (Lightning's chatter included) in ``run.log``."""
     import torch
 
     torch.set_num_threads(1)
-    out = OUT / name
-    done = out / "metrics.json"
-    if done.exists() and not force:
-        return json.loads(done.read_text())
-    out.mkdir(parents=True, exist_ok=True)
+    out, cached = run_dir(name, force)
+    if cached is not None:
+        return cached
     for stale in (out / "checkpoints").glob("*.ckpt"):
         stale.unlink()
     from sparse_lightning.train import train
@@ -77,7 +85,7 @@ def _run_one(name: str, overrides: list[str], force: bool) -> dict:
             logging.getLogger().removeHandler(handler)
     result = {"name": name, "overrides": overrides, "seconds": round(time.time() - start, 1),
               **{k: float(v) for k, v in metrics.items() if k.startswith(("test/", "val/", "sparsity/global"))}}
-    done.write_text(json.dumps(result, indent=1))
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from results_common import DOCS, OUT, checkpoint, command, compose_cfg, load_trained, run_all, table
+from results_common import DOCS, OUT, checkpoint, command, compose_cfg, load_trained, run_all, run_dir, table
 
 log = logging.getLogger("results")
 MODELS = ("mobilenet_v2", "efficientnet_b0")
@@ -65,11 +65,9 @@ def _finetune(name: str, overrides: list[str], dense: str, force: bool) -> dict:
     from sparse_lightning.train import build
 
     torch.set_num_threads(1)
-    out = OUT / name
-    done = out / "metrics.json"
-    if done.exists() and not force:
-        return json.loads(done.read_text())
-    out.mkdir(parents=True, exist_ok=True)
+    out, cached = run_dir(name, force)
+    if cached is not None:
+        return cached
     start = time.time()
     with open(out / "run.log", "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         run = build(compose_cfg(overrides, out))
@@ -79,7 +77,7 @@ def _finetune(name: str, overrides: list[str], dense: str, force: bool) -> dict:
         test = run.trainer.test(run.module, datamodule=run.datamodule)[0]
     result = {"name": name, "overrides": overrides, "seconds": round(time.time() - start, 1),
               "test/acc": float(test["test/acc"])}
-    done.write_text(json.dumps(result, indent=1))
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -105,7 +105,7 @@ def plot_compression(curves: dict) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for exp, points in curves.items():
         points = sorted(points)
-        ax.plot([r for r, _ in points], [l for _, l in points], marker="o", label=exp.removeprefix("han_"))
+        ax.plot([r for r, _ in points], [loss for _, loss in points], marker="o", label=exp.removeprefix("han_"))
     ax.axhline(1.0, color="gray", ls=":", lw=1)
     ax.axvline(10.0, color="gray", ls=":", lw=1)
     ax.set_xscale("log")

@@ -16,6 +16,7 @@ from torch import nn
 
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.models.mobilenet import (
+    ImageClassifierNet,
     InvertedResidual,
     _init,
     check_width,
@@ -48,7 +49,7 @@ class MBConv(InvertedResidual):
         return x + h
 
 
-class EfficientNetB0(nn.Module):
+class EfficientNetB0(ImageClassifierNet):
     """EfficientNet-B0: Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019.
 
     Args:
@@ -89,9 +90,3 @@ class EfficientNetB0(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head, num_classes))
         _init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "net"):
-            return self.net(x)
-        h = self.features(x).mean((2, 3))  # (B, head)
-        return self.classifier(h)  # (B, num_classes)

@@ -108,7 +108,16 @@ def torchvision_net(name: str, builder: str, in_channels: int, num_classes: int,
 V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2(nn.Module):
+class ImageClassifierNet(nn.Module):
+    """``features`` (B, C, H, W) -> global average pool -> ``classifier``; or torchvision's ``net`` when built with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "net"):
+            return self.net(x)
+        return self.classifier(self.features(x).mean((2, 3)))  # (B, num_classes)
+
+
+class MobileNetV2(ImageClassifierNet):
     """MobileNetV2: Sandler et al., "Inverted Residuals and Linear Bottlenecks", CVPR 2018.
 
     Args:
@@ -142,11 +151,6 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
         _init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "net"):
-            return self.net(x)
-        h = self.features(x).mean((2, 3))  # (B, last)
-        return self.classifier(h)  # (B, num_classes)
 
 
 # kernel, expanded, out, SE, activation ("RE" ReLU / "HS" hardswish), stride: Howard et al. Table 2.
@@ -158,7 +162,7 @@ V3_SMALL_SETTINGS = (
 )
 
 
-class MobileNetV3Small(nn.Module):
+class MobileNetV3Small(ImageClassifierNet):
     """MobileNetV3-Small: Howard et al., "Searching for MobileNetV3", ICCV 2019 (torchvision's layout).
 
     Hardswish activations in the later blocks and the head, squeeze-and-excitation with a hard
@@ -197,11 +201,6 @@ class MobileNetV3Small(nn.Module):
                                         nn.Linear(last, num_classes))
         _init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "net"):
-            return self.net(x)
-        h = self.features(x).mean((2, 3))  # (B, head)
-        return self.classifier(h)  # (B, num_classes)
 
 
 def _init(net: nn.Module) -> None:
